@@ -140,6 +140,10 @@ class ProcessorSettings(_Model):
     workers: int = Field(1, ge=1, description="Processor processes started by `nbstream up`.")
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (/metrics); 0 = off.")
     data_dir: Path = Field(Path("var/processor"), description="Faust data directory.")
+    commit_interval: float = Field(
+        0.05, gt=0, description="Seconds between commits; outputs are published and acknowledged "
+        "before each commit, so this bounds the processor's added latency.",
+    )
     source_type_docs: str = Field(
         "https://github.com/nbstream/nbstream/blob/main/docs/event-types.md#{event_type}",
         description="Link template stamped as source_type_docs; {event_type} is filled in.",

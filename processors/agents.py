@@ -1,0 +1,73 @@
+"""The routing agent: decode, match, send one record per sink. Thin glue over rules/routing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from processors.channels import Channels
+from processors.metrics import ProcessorMetrics
+from processors.routing import RecordFactory
+from processors.rules import RuleEngine
+from schemas.records import NetBoxEvent
+from schemas.serde import Serde, SerdeError
+
+__all__ = ["register_router"]
+
+log = logging.getLogger(__name__)
+
+
+def register_router(
+    app: faust.App,
+    channels: Channels,
+    engine: RuleEngine,
+    factory: RecordFactory,
+    serde: Serde,
+    metrics: ProcessorMetrics,
+) -> Any:
+    """Define the ``route`` agent on ``app`` and return it.
+
+    One agent instance per partition keeps per-object order: records of one key are read,
+    matched and sent in offset order, and every output keeps the input's key.
+    """
+    names = channels.names
+
+    @app.agent(channels.raw, name="route", concurrency=1)
+    async def route(stream: Any) -> None:
+        async for event in stream.events():
+            key, value = event.key, event.value
+            metrics.consumed.inc()
+            try:
+                nb = NetBoxEvent.from_dict(serde.decode("NetBoxEvent", value))
+            except (SerdeError, KeyError, ValueError, TypeError) as err:
+                metrics.invalid.inc()
+                msg = event.message
+                log.warning("undecodable record on %s[%d]@%d: %s", msg.topic, msg.partition,
+                            msg.offset, err)
+                await channels.invalid.send(key=key, value=value, headers={
+                    "nbstream-error": str(err).encode(),
+                    "nbstream-original-topic": msg.topic.encode(),
+                    "nbstream-original-partition": str(msg.partition).encode(),
+                    "nbstream-original-offset": str(msg.offset).encode(),
+                })
+                continue
+            match = engine.match(nb.object_type, nb.event_type, nb.data)
+            for rule, _ in match.errors:
+                metrics.condition_errors.labels(rule).inc()
+            if not match.sinks:
+                metrics.unrouted.inc()
+                continue
+            for rule in {r for rules in match.sinks.values() for r in rules}:
+                metrics.matched.labels(rule).inc()
+            for record in factory.records(nb, match):
+                metrics.routed.labels(record.sink).inc()
+                topic = names.sink(record.sink)
+                await channels.sinks[record.sink].send(
+                    key=key, value=serde.encode("SinkRecord", record.to_dict(), topic),
+                    headers={"nbstream-source-id": record.source_id.encode(),
+                             "nbstream-egress-id": record.egress_id.encode()},
+                )
+
+    return route

@@ -1,0 +1,64 @@
+"""Builds the Faust app from Settings; nothing else (topics and agents have their own modules)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from schemas.config import KafkaSettings, Settings
+from schemas.topics import Topics
+
+__all__ = ["broker_credentials", "create_app"]
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Translate the librdkafka-style security passthrough into Faust credentials (or None)."""
+    c = kafka.client
+    protocol = c.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context: ssl.SSLContext | None = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=c.get("ssl.ca.location"))
+        if "ssl.certificate.location" in c:
+            context.load_cert_chain(c["ssl.certificate.location"], c.get("ssl.key.location"),
+                                    c.get("ssl.key.password"))
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=c.get("sasl.username"),
+        password=c.get("sasl.password"),
+        mechanism=c.get("sasl.mechanism", "PLAIN"),
+        ssl_context=context,
+    )
+
+
+def create_app(settings: Settings, publish_on_commit: bool = True) -> faust.App:
+    """Return the processor's Faust app: group = ``<prefix>processor``, memory store.
+
+    ``publish_on_commit=False`` is only for ``agent.test_context()``, which never commits.
+    """
+    kafka = settings.kafka
+    brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
+    return faust.App(
+        Topics(kafka.topic_prefix).processor_group(),
+        broker=brokers,
+        broker_credentials=broker_credentials(kafka),
+        store="memory://",
+        datadir=str(settings.processor.data_dir),
+        web_enabled=False,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=8 * 1024 * 1024,
+        producer_compression_type="lz4",
+        # Outputs are attached to their input's offset, published at commit time and awaited
+        # before the offset is committed; a failed publish crashes the worker instead of
+        # committing. This is what makes "commit input only after outputs are acked" hold.
+        stream_publish_on_commit=publish_on_commit,
+        broker_commit_interval=settings.processor.commit_interval,
+        broker_commit_every=5_000,
+    )

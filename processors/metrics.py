@@ -1,0 +1,42 @@
+"""Prometheus metrics of the rule processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+__all__ = ["ProcessorMetrics"]
+
+
+@dataclass(frozen=True)
+class ProcessorMetrics:
+    """Counters the agent updates; registered on the given registry."""
+
+    consumed: Counter
+    matched: Counter
+    routed: Counter
+    condition_errors: Counter
+    invalid: Counter
+    unrouted: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
+        """Register the processor's metrics on ``registry``."""
+        return cls(
+            consumed=Counter("nbstream_processor_events_consumed", "Raw events consumed.",
+                             registry=registry),
+            matched=Counter("nbstream_processor_rule_matched", "Events matched, per rule.",
+                            ["rule"], registry=registry),
+            routed=Counter("nbstream_processor_routed", "Records routed, per sink.", ["sink"],
+                           registry=registry),
+            condition_errors=Counter(
+                "nbstream_processor_condition_errors",
+                "Condition evaluations that raised (treated as no match), per rule.",
+                ["rule"], registry=registry),
+            invalid=Counter("nbstream_processor_invalid_records",
+                            "Undecodable raw records sent to the invalid topic.",
+                            registry=registry),
+            unrouted=Counter("nbstream_processor_unrouted",
+                             "Events that matched no rule.", registry=registry),
+        )

@@ -1,0 +1,64 @@
+"""Assembles and runs the processor: app, channels, rules, serde, metrics, the route agent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, start_http_server
+
+from processors.agents import register_router
+from processors.app import create_app
+from processors.channels import Channels, kafka_channels
+from processors.metrics import ProcessorMetrics
+from processors.routing import RecordFactory
+from processors.rules import RuleEngine
+from schemas.config import Settings
+from schemas.serde import make_serde
+
+__all__ = ["Processor", "build_processor", "run_processor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A built processor, ready to run (or to test with ``agent.test_context()``)."""
+
+    app: faust.App
+    agent: Any
+    channels: Channels
+    engine: RuleEngine
+    metrics: ProcessorMetrics
+    registry: CollectorRegistry
+
+
+def build_processor(
+    settings: Settings,
+    version: str,
+    channels: Callable[[faust.App, Settings], Channels] = kafka_channels,
+    registry: CollectorRegistry | None = None,
+    publish_on_commit: bool = True,
+) -> Processor:
+    """Build the app and its agent. ``channels`` lets tests swap topics for in-memory channels."""
+    registry = registry or CollectorRegistry()
+    app = create_app(settings, publish_on_commit)
+    ch = channels(app, settings)
+    engine = RuleEngine(settings.rules)
+    metrics = ProcessorMetrics.create(registry)
+    factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
+    serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
+    agent = register_router(app, ch, engine, factory, serde, metrics)
+    return Processor(app, agent, ch, engine, metrics, registry)
+
+
+def run_processor(settings: Settings, version: str, loglevel: str = "warn") -> None:
+    """Run the processor in the foreground until SIGINT/SIGTERM (Faust's Worker handles them)."""
+    proc = build_processor(settings, version)
+    if settings.processor.web_port:
+        start_http_server(settings.processor.web_port, addr="127.0.0.1", registry=proc.registry)
+    worker = faust.Worker(proc.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
