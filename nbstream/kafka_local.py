@@ -1,4 +1,4 @@
-"""The local single-node Apache Kafka broker (KRaft): provisioned from Maven Central, run by the JDK.
+"""The local single-node Apache Kafka broker (KRaft): fetched from Maven Central, run by the JDK.
 
 ``install`` resolves the broker's jars and their runtime dependencies with Maven into a cache
 directory; ``start`` formats storage once, launches ``kafka.Kafka`` on loopback ports and waits

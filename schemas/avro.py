@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -64,7 +64,7 @@ def load_file(path: Path, dependencies: tuple[Path, ...] = ()) -> AvroSchema:
             d = json.loads(dep.read_text("utf-8"))
             named[f"{d['namespace']}.{d['name']}"] = d
     raw = _inline(json.loads(path.read_text("utf-8")), named, set())
-    parsed = parse_schema(raw)
+    parsed = cast(dict[str, Any], parse_schema(raw))
     fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
     return AvroSchema(name=str(raw["name"]), parsed=parsed, text=json.dumps(raw), fingerprint=fp)
 

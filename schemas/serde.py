@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import struct
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
@@ -154,7 +154,8 @@ class RegistrySerde:
                 raise SerdeError(f"schema id {schema_id} not in the registry: {err}") from err
             import json
 
-            writer = self._writers[schema_id] = parse_schema(json.loads(text))
+            parsed = cast(dict[str, Any], parse_schema(json.loads(text)))
+            writer = self._writers[schema_id] = parsed
         out: dict[str, Any] = _read(data, 5, writer, load(record).parsed)
         return out
 

@@ -18,8 +18,8 @@ from tests.processors.helpers import event_from_payload, fixture_payloads
 
 SETTINGS = parse_settings({
     "environment": "test",
-    "sinks": {"devices": {"type": "file", "path": "/tmp/x"},
-              "all": {"type": "file", "path": "/tmp/y"}},
+    "sinks": {"devices": {"type": "file", "path": "var/test-x.jsonl"},
+              "all": {"type": "file", "path": "var/test-y.jsonl"}},
     "rules": [
         {"name": "active-devices", "object_types": ["dcim.device"], "sinks": ["devices"],
          "conditions": {"attr": "status.value", "value": "active"}},

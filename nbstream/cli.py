@@ -1,0 +1,279 @@
+"""The ``nbstream`` console script: one sub-command per stage and tool (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from nbstream import __version__
+from nbstream.loader import config_path, load
+from nbstream.logs import setup_logging
+from schemas.config import ConfigError, Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("nbstream")
+
+DESCRIPTION = """\
+nbstream: NetBox events on Kafka. NetBox webhooks are verified and published to the raw
+topic (Avro); a Faust processor matches them against rules and routes them to one topic per
+sink; sink workers deliver them (webhook, file, ...) with retries and per-object order.
+
+Configuration: one YAML file (--config, $NBSTREAM_CONFIG, or ./nbstream.yaml) with ${VAR} and
+${VAR:-default} expanded from the environment. See the README for every key.
+"""
+
+EPILOG = """\
+examples:
+  nbstream up                         run broker, ingest, processor and sinks in the foreground
+  nbstream replay fixtures.jsonl      post captured NetBox webhooks to the running ingest
+  nbstream tail netbox.sink.demo --from-beginning
+  nbstream rules test event.json      which rules and sinks would this payload reach, and why
+"""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Load the configuration named on the command line (exits 2 with the key on error)."""
+    settings: Settings = args.settings
+    return settings
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole pipeline in the foreground."""
+    from nbstream.admin import ensure_topics
+    from nbstream.kafka_local import BrokerError
+    from nbstream.supervisor import Supervisor
+
+    settings = _settings(args)
+    broker = _broker(settings) if settings.kafka.is_embedded else None
+    if broker is not None:
+        print(f"starting embedded Kafka {broker.version} on {broker.bootstrap_servers} ...",
+              flush=True)
+        try:
+            broker.start()
+        except BrokerError as err:
+            print(f"nbstream up: {err}", file=sys.stderr)
+            return 1
+    code = 1
+    try:
+        created = ensure_topics(settings)
+        print(f"topics ready ({len(created)} created) under prefix "
+              f"{settings.kafka.topic_prefix!r}", flush=True)
+        sup = Supervisor()
+        base = [sys.executable, "-m", "nbstream", "--config", str(args.config_path.resolve()),
+                "--log-level", args.log_level, "--log-format", args.log_format]
+        sup.start("ingest", [*base, "ingest"])
+        sup.start("processor", [*base, "process"])
+        for name in settings.enabled_sinks():
+            sup.start(f"sink {name}", [*base, "sink", name])
+        i = settings.ingest
+        print(f"\nnbstream {__version__} is up. Send NetBox webhooks to:\n"
+              f"    http://{i.host}:{i.port}/webhook\n"
+              f"  health  http://{i.host}:{i.port}/healthz   metrics http://{i.host}:{i.port}"
+              f"/metrics\n  sinks   {', '.join(settings.enabled_sinks()) or '(none)'}\n"
+              f"Press Ctrl-C to stop.\n", flush=True)
+        code = sup.wait()
+    finally:
+        if broker is not None:
+            print("stopping embedded Kafka ...", flush=True)
+            broker.stop()
+    print("nbstream stopped.", flush=True)
+    return code
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Run the webhook receiver under uvicorn."""
+    import os
+
+    import uvicorn
+
+    settings = _settings(args)
+    os.environ["NBSTREAM_CONFIG"] = str(args.config_path.resolve())
+    uvicorn.run("producers.ingest:app_factory", factory=True, host=settings.ingest.host,
+                port=args.port or settings.ingest.port,
+                workers=args.workers or settings.ingest.workers,
+                log_level=args.log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Run the Faust rule processor."""
+    from processors.worker import run_processor
+
+    run_processor(_settings(args), __version__, loglevel="warn")
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    """Run the delivery worker of one sink."""
+    from sinks.worker import run_sink
+
+    settings = _settings(args)
+    if args.name not in settings.enabled_sinks():
+        print(f"nbstream sink: no enabled sink named {args.name!r} "
+              f"(configured: {', '.join(settings.sinks) or 'none'})", file=sys.stderr)
+        return 2
+    code: int = run_sink(settings, args.name, __version__)
+    return code
+
+
+def _broker(settings: Settings) -> Any:
+    """Return the LocalBroker described by ``kafka.embedded``."""
+    from nbstream.kafka_local import LocalBroker
+
+    e = settings.kafka.embedded
+    return LocalBroker(data_dir=e.data_dir.resolve(), version=e.version, host=e.host,
+                       port=e.port, controller_port=e.controller_port, heap=e.heap)
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    """Install, start, stop or inspect the local broker."""
+    from nbstream.kafka_local import BrokerError, install
+
+    broker = _broker(_settings(args))
+    try:
+        if args.action == "install":
+            print(f"Apache Kafka {broker.version} jars in {install(broker.version)}")
+        elif args.action == "start":
+            pid = broker.start()
+            print(f"Kafka {broker.version} serving on {broker.bootstrap_servers} (pid {pid}, "
+                  f"data {broker.data_dir}, log {broker.log_file})")
+        elif args.action == "stop":
+            print("stopped" if broker.stop() else "not running")
+        else:
+            pid = broker.running_pid()
+            print(f"running (pid {pid}) on {broker.bootstrap_servers}" if pid else "not running")
+            return 0 if pid else 1
+    except BrokerError as err:
+        print(f"nbstream kafka {args.action}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Create the topics the configuration needs."""
+    from nbstream.admin import ensure_topics, topic_names
+
+    settings = _settings(args)
+    created = set(ensure_topics(settings))
+    for name, parts in topic_names(settings).items():
+        print(f"{name:50s} {parts:3d} partitions  {'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """Check the rules, or show which rules and sinks an event would reach."""
+    from nbstream.rules_cmd import check, explain
+
+    settings = _settings(args)
+    if args.action == "check":
+        return check(settings)
+    if not args.event:
+        print("nbstream rules test: give the path of a NetBox webhook payload (JSON)",
+              file=sys.stderr)
+        return 2
+    return explain(settings, Path(args.event))
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print decoded records of a topic."""
+    from nbstream.tail import tail
+
+    tail(_settings(args), args.topic, from_beginning=args.from_beginning,
+         max_records=args.max, idle_timeout=args.idle_timeout)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Post captured NetBox payloads to ingest, signed with the configured secret."""
+    from nbstream.replay import load_bodies, replay
+
+    settings = _settings(args)
+    i = settings.ingest
+    url = args.url or f"http://{i.host}:{i.port}/webhook"
+    secrets = settings.netbox.webhook_secrets
+    secret = secrets[0].get_secret_value() if secrets else None
+    bodies = load_bodies(Path(args.file))
+    statuses = replay(bodies, url, secret)
+    summary = ", ".join(f"{n}× {code}" for code, n in sorted(statuses.items()))
+    print(f"posted {len(bodies)} payloads to {url}: {summary}")
+    return 0 if set(statuses) == {202} else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every sub-command."""
+    p = argparse.ArgumentParser(prog="nbstream", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"nbstream {__version__}")
+    p.add_argument("--config", "-c", help="YAML config (default $NBSTREAM_CONFIG or "
+                   "./nbstream.yaml)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["json", "text"],
+                   help="json = one structured object per line (for log shippers)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        return sp
+
+    add("up", cmd_up, "run the whole pipeline in the foreground: the embedded broker (when "
+        "bootstrap_servers is 'embedded'), topics, ingest, processor and one worker per sink; "
+        "Ctrl-C/SIGTERM stops everything cleanly")
+    sp = add("ingest", cmd_ingest, "run the webhook receiver (POST /webhook, /healthz, /readyz, "
+             "/metrics) under uvicorn")
+    sp.add_argument("--workers", type=int, help="uvicorn worker processes (default: config)")
+    sp.add_argument("--port", type=int, help="listen port (default: ingest.port)")
+    add("process", cmd_process, "run the Faust rule processor (raw topic -> sink topics)")
+    sp = add("sink", cmd_sink, "run the delivery worker of one sink")
+    sp.add_argument("name", help="sink name from the config's sinks section")
+    sp = add("kafka", cmd_kafka, "manage the local single-node Apache Kafka (KRaft) broker, "
+             "fetched from Maven Central into ~/.cache/nbstream")
+    sp.add_argument("action", choices=["install", "start", "stop", "status"])
+    add("topics", cmd_topics, "create the raw, invalid, sink and dead-letter topics")
+    sp = add("rules", cmd_rules, "validate the configuration ('check') or show which rules and "
+             "sinks a NetBox payload reaches and why ('test EVENT.json')")
+    sp.add_argument("action", choices=["check", "test"])
+    sp.add_argument("event", nargs="?", help="for 'test': a NetBox webhook payload (JSON file)")
+    sp = add("tail", cmd_tail, "decode a topic's records (Avro single-object or Confluent "
+             "wire format) and print them as JSON lines")
+    sp.add_argument("topic")
+    sp.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    sp.add_argument("--max", type=int, help="stop after this many records")
+    sp.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    sp = add("replay", cmd_replay, "post NetBox webhook payloads (a captured .jsonl, or one "
+             ".json payload) to ingest, signed with the first configured webhook secret")
+    sp.add_argument("file")
+    sp.add_argument("--url", help="ingest URL (default: from the ingest section)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format, process=args.command)
+    args.config_path = config_path(args.config)
+    try:
+        if args.config_path.exists() or args.config is not None:
+            args.settings = load(args.config_path)
+        else:
+            args.settings = _default_settings()
+    except ConfigError as err:
+        print(f"nbstream: invalid configuration {args.config_path}: {err}", file=sys.stderr)
+        return 2
+    code: int = args.func(args)
+    return code
+
+
+def _default_settings() -> Settings:
+    """Settings when no config file exists: the embedded broker, no sinks, no rules."""
+    from schemas.config import parse_settings
+
+    return parse_settings({})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
