@@ -58,3 +58,5 @@ def setup_logging(level: str = "info", fmt: str = "json", process: str = "nbstre
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Per-request client chatter; nbstream logs its own summary of what was sent.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -54,7 +54,6 @@ def create_app(settings: Settings, publish_on_commit: bool = True) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=8 * 1024 * 1024,
-        producer_compression_type="lz4",
         # Outputs are attached to their input's offset, published at commit time and awaited
         # before the offset is committed; a failed publish crashes the worker instead of
         # committing. This is what makes "commit input only after outputs are acked" hold.

@@ -1,0 +1,156 @@
+"""Runs nbstream stages as real processes and a real HTTP receiver, for end-to-end tests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+@dataclass
+class Delivery:
+    """One request the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received: float
+
+    def json(self) -> Any:
+        """Return the body decoded as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A threaded HTTP server on a free loopback port that records every request."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status: int = 200
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        """Return a request handler class bound to this receiver."""
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    receiver.deliveries.append(Delivery(self.path, dict(self.headers.items()),
+                                                        body, time.time()))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def by_path(self, path: str) -> list[Delivery]:
+        """Return the deliveries to ``path`` in arrival order."""
+        with self.lock:
+            return [d for d in self.deliveries if d.path == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 60.0,
+                 procs: list[subprocess.Popen[bytes]] | None = None) -> list[Delivery]:
+        """Wait for ``count`` deliveries to ``path``; return them (fewer on timeout).
+
+        Fails at once, with the process's log, if one of ``procs`` has died meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.by_path(path)) < count:
+            assert_alive(procs or [])
+            time.sleep(0.1)
+        return self.by_path(path)
+
+
+@contextmanager
+def receiver_server() -> Iterator[tuple[Receiver, int]]:
+    """Serve a Receiver on a free port; yield it and the port; stop it afterwards."""
+    rec = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), rec.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield rec, int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def nbstream_processes(config: dict[str, Any], tmp: Path, *commands: list[str],
+                       ingest_port: int | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Write ``config`` and run ``nbstream <command>`` processes; SIGTERM them afterwards."""
+    path = tmp / "nbstream.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    procs = []
+    logs = []
+    try:
+        for i, cmd in enumerate(commands):
+            log = (tmp / f"proc{i}-{cmd[0]}.log").open("wb")
+            logs.append(log)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nbstream", "--config", str(path), "--log-level",
+                 "warning", *cmd], stdout=log, stderr=subprocess.STDOUT)
+            proc.log_path = log.name  # type: ignore[attr-defined]
+            procs.append(proc)
+        if ingest_port is not None:
+            wait_ready(f"http://127.0.0.1:{ingest_port}/readyz", procs)
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+
+
+def assert_alive(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Raise with the tail of its log if any of ``procs`` has exited."""
+    for p in procs:
+        if p.poll() is not None:
+            log = Path(str(getattr(p, "log_path", "")))
+            tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
+            raise AssertionError(f"{p.args[-2:]} exited with {p.returncode}:\n{tail}")
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if a process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert_alive(procs)
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def signature_ok(body: bytes, secret: str, header: str | None) -> bool:
+    """Return whether ``header`` is NetBox's HMAC-SHA512 signature of ``body``."""
+    want = hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()
+    return header is not None and hmac.compare_digest(want, header)
