@@ -23,9 +23,8 @@ def load(path: Path) -> Settings:
     Besides the shared shape, each sink's own fields are validated by its module, and every
     rule's conditions are built once, so a bad config fails here and not mid-stream.
     """
-    from sinks.registry import validate_sink_settings
-
     from processors.rules import RuleEngine, RuleError
+    from sinks.registry import validate_sink_settings
 
     settings = load_settings(path)
     for name, sink in settings.sinks.items():
