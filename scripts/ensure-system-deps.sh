@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the embedded Kafka broker needs (a JDK >= 17 and Maven) when it is missing.
+# Installs the system packages nbstream's broker and test servers need, only when missing:
+# a JDK (>= 17) and Maven for the embedded Kafka broker, gcc for python-qpid-proton (built from
+# source), Mosquitto for the MQTT sink's tests, and Go to build Google's Pub/Sub fake (pstest).
 set -euo pipefail
 need=()
-if ! command -v java >/dev/null 2>&1; then need+=(openjdk-17-jre-headless); fi
-if ! command -v mvn >/dev/null 2>&1; then need+=(maven); fi
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv python3-dev)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "installing system packages: ${need[*]}"
 if [ "$(id -u)" -ne 0 ]; then
@@ -12,4 +17,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+# Debian starts the broker as a service on :1883; the tests start their own on free ports.
+if [[ " ${need[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
