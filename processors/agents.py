@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from processors.channels import Channels
+from processors.dedup import Deduplicator
 from processors.metrics import ProcessorMetrics
 from processors.routing import RecordFactory
 from processors.rules import RuleEngine
@@ -26,6 +27,7 @@ def register_router(
     factory: RecordFactory,
     serde: Serde,
     metrics: ProcessorMetrics,
+    dedup: Deduplicator | None = None,
 ) -> Any:
     """Define the ``route`` agent on ``app`` and return it.
 
@@ -52,6 +54,9 @@ def register_router(
                     "nbstream-original-partition": str(msg.partition).encode(),
                     "nbstream-original-offset": str(msg.offset).encode(),
                 })
+                continue
+            if dedup is not None and not dedup.first_time(nb.source_id):
+                metrics.duplicates.inc()
                 continue
             match = engine.match(nb.object_type, nb.event_type, nb.data)
             for rule, _ in match.errors:

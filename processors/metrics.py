@@ -19,6 +19,7 @@ class ProcessorMetrics:
     condition_errors: Counter
     invalid: Counter
     unrouted: Counter
+    duplicates: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
@@ -39,4 +40,7 @@ class ProcessorMetrics:
                             registry=registry),
             unrouted=Counter("nbstream_processor_unrouted",
                              "Events that matched no rule.", registry=registry),
+            duplicates=Counter("nbstream_processor_duplicates",
+                               "Events dropped because their source_id was routed within the "
+                               "dedup window.", registry=registry),
         )

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from processors.agents import register_router
 from processors.app import create_app
 from processors.channels import Channels, kafka_channels
+from processors.dedup import Deduplicator
 from processors.metrics import ProcessorMetrics
 from processors.routing import RecordFactory
 from processors.rules import RuleEngine
@@ -42,8 +43,10 @@ def build_processor(
     channels: Callable[[faust.App, Settings], Channels] = kafka_channels,
     registry: CollectorRegistry | None = None,
     publish_on_commit: bool = True,
+    dedup: bool = True,
 ) -> Processor:
-    """Build the app and its agent. ``channels`` lets tests swap topics for in-memory channels."""
+    """Build the app and its agent. ``channels`` lets tests swap topics for in-memory channels;
+    ``dedup=False`` leaves out the dedup table (it needs a broker for its changelog)."""
     registry = registry or CollectorRegistry()
     app = create_app(settings, publish_on_commit)
     ch = channels(app, settings)
@@ -51,7 +54,9 @@ def build_processor(
     metrics = ProcessorMetrics.create(registry)
     factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
-    agent = register_router(app, ch, engine, factory, serde, metrics)
+    window = settings.processor.dedup_window
+    dedup = Deduplicator(app, window, settings.kafka.partitions) if window and dedup else None
+    agent = register_router(app, ch, engine, factory, serde, metrics, dedup)
     return Processor(app, agent, ch, engine, metrics, registry)
 
 

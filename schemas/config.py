@@ -144,6 +144,10 @@ class ProcessorSettings(_Model):
         0.05, gt=0, description="Seconds between commits; outputs are published and acknowledged "
         "before each commit, so this bounds the processor's added latency.",
     )
+    dedup_window: float = Field(
+        600.0, ge=0, description="Seconds within which a repeated source_id is dropped "
+        "(NetBox requeues); 0 disables dedup.",
+    )
     source_type_docs: str = Field(
         "https://github.com/nbstream/nbstream/blob/main/docs/event-types.md#{event_type}",
         description="Link template stamped as source_type_docs; {event_type} is filled in.",

@@ -53,7 +53,8 @@ async def drain(subscriber: Any) -> list[Any]:
 
 async def test_agent_routes_fixture_events_per_sink_in_order() -> None:
     """Every fixture goes in; each sink gets exactly its events, keyed and ordered, once."""
-    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False)
+    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False,
+                           dedup=False)
     serde = make_serde(None)
     events = [event_from_payload(p) for p in fixture_payloads()]
     subs = {name: subscribe(ch) for name, ch in proc.channels.sinks.items()}
@@ -88,7 +89,8 @@ async def test_agent_routes_fixture_events_per_sink_in_order() -> None:
 
 async def test_agent_sends_poison_records_to_invalid_and_continues() -> None:
     """Garbage on the raw topic goes to the invalid channel with headers; the stream goes on."""
-    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False)
+    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False,
+                           dedup=False)
     serde = make_serde(None)
     ev = event_from_payload(fixture_payloads()[-5])  # a delete
     invalid_sub, all_sub = subscribe(proc.channels.invalid), subscribe(proc.channels.sinks["all"])
