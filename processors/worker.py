@@ -55,8 +55,8 @@ def build_processor(
     factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
     window = settings.processor.dedup_window
-    dedup = Deduplicator(app, window, settings.kafka.partitions) if window and dedup else None
-    agent = register_router(app, ch, engine, factory, serde, metrics, dedup)
+    table = Deduplicator(app, window, settings.kafka.partitions) if window and dedup else None
+    agent = register_router(app, ch, engine, factory, serde, metrics, table)
     return Processor(app, agent, ch, engine, metrics, registry)
 
 
