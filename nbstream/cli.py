@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ examples:
   nbstream replay fixtures.jsonl      post captured NetBox webhooks to the running ingest
   nbstream tail netbox.sink.demo --from-beginning
   nbstream rules test event.json      which rules and sinks would this payload reach, and why
+  nbstream dlq replay hook --since 2h re-deliver the last two hours' dead letters of sink hook
 """
 
 
@@ -203,6 +205,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if set(statuses) == {202} else 1
 
 
+def _since(value: str) -> datetime:
+    """Parse ``--since``: ISO 8601 (UTC if no zone) or a duration ago like ``30m``, ``2h``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither ISO 8601 nor a duration like 30m, 2h, 1d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    """List or replay a sink's dead letters."""
+    from nbstream.dlq import list_letters, replay_letters
+
+    settings = _settings(args)
+    if args.sink not in settings.sinks:
+        print(f"nbstream dlq: no sink named {args.sink!r}", file=sys.stderr)
+        return 2
+    if args.action == "list":
+        list_letters(settings, args.sink, args.json)
+        return 0
+    return replay_letters(settings, args.sink, args.since, args.egress_id or (), args.dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every sub-command."""
     p = argparse.ArgumentParser(prog="nbstream", description=DESCRIPTION, epilog=EPILOG,
@@ -244,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     sp.add_argument("--max", type=int, help="stop after this many records")
     sp.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    sp = add("dlq", cmd_dlq, "inspect ('list') or re-deliver ('replay') a sink's dead letters; "
+             "a replay keeps each record's egress_id, so receivers can deduplicate")
+    sp.add_argument("action", choices=["list", "replay"])
+    sp.add_argument("sink", help="sink name")
+    sp.add_argument("--json", action="store_true", help="list: one JSON object per letter")
+    sp.add_argument("--since", type=_since, help="replay: only letters whose last failure is at "
+                    "or after this time (ISO 8601, or a duration ago such as 30m, 2h, 1d)")
+    sp.add_argument("--egress-id", action="append", help="replay: only this egress id "
+                    "(repeatable)")
+    sp.add_argument("--dry-run", action="store_true", help="replay: show what would be sent")
     sp = add("replay", cmd_replay, "post NetBox webhook payloads (a captured .jsonl, or one "
              ".json payload) to ingest, signed with the first configured webhook secret")
     sp.add_argument("file")

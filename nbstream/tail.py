@@ -16,7 +16,7 @@ from schemas.config import Settings
 from schemas.serde import SerdeError, make_serde
 from schemas.topics import Topics
 
-__all__ = ["record_type", "tail"]
+__all__ = ["headers_text", "record_type", "tail"]
 
 
 def record_type(topics: Topics, topic: str) -> str | None:
@@ -43,7 +43,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _headers(headers: Any) -> dict[str, str]:
+def headers_text(headers: Any) -> dict[str, str]:
     """Return Kafka headers (a list of pairs, or a dict) as text."""
     out = {}
     pairs = headers.items() if isinstance(headers, dict) else headers or []
@@ -82,7 +82,7 @@ def tail(settings: Settings, topic: str, *, from_beginning: bool, max_records: i
             doc: dict[str, Any] = {"topic": topic, "partition": msg.partition(),
                                    "offset": msg.offset(),
                                    "key": (msg.key() or b"").decode(errors="replace"),
-                                   "headers": _headers(msg.headers())}
+                                   "headers": headers_text(msg.headers())}
             value = msg.value() or b""
             if kind is None:
                 doc["value_base64"] = base64.b64encode(value).decode()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +41,8 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: int = 200
+    status_for: Callable[[bytes], int] | None = None
+    rejected: int = 0
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         """Return a request handler class bound to this receiver."""
@@ -51,10 +53,14 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver.lock:
-                    receiver.deliveries.append(Delivery(self.path, dict(self.headers.items()),
-                                                        body, time.time()))
-                self.send_response(receiver.status)
+                status = receiver.status_for(body) if receiver.status_for else receiver.status
+                if 200 <= status < 300:
+                    with receiver.lock:
+                        receiver.deliveries.append(Delivery(
+                            self.path, dict(self.headers.items()), body, time.time()))
+                else:
+                    receiver.rejected += 1
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
