@@ -232,6 +232,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return replay_letters(settings, args.sink, args.since, args.egress_id or (), args.dry_run)
 
 
+def cmd_lag(args: argparse.Namespace) -> int:
+    """Show lag and status of every nbstream consumer group."""
+    from nbstream.lag import run_lag
+
+    return run_lag(_settings(args), as_json=args.json, watch=args.watch, window=args.window,
+                   interval=args.interval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every sub-command."""
     p = argparse.ArgumentParser(prog="nbstream", description=DESCRIPTION, epilog=EPILOG,
@@ -273,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     sp.add_argument("--max", type=int, help="stop after this many records")
     sp.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    sp = add("lag", cmd_lag, "lag of the processor's and every sink's consumer group: committed "
+             "and end offsets, lag in messages and seconds, and a Burrow-style status per "
+             "partition and group (OK, WARN, STALL, STOP, REWIND) over a sliding window; exits "
+             "1 when any group is not OK")
+    sp.add_argument("--json", action="store_true", help="one JSON document per report")
+    sp.add_argument("--watch", action="store_true", help="keep observing and reporting")
+    sp.add_argument("--window", type=float, default=10.0,
+                    help="seconds of observations a status is judged on (default 10)")
+    sp.add_argument("--interval", type=float, default=2.0,
+                    help="seconds between observations (default 2)")
     sp = add("dlq", cmd_dlq, "inspect ('list') or re-deliver ('replay') a sink's dead letters; "
              "a replay keeps each record's egress_id, so receivers can deduplicate")
     sp.add_argument("action", choices=["list", "replay"])

@@ -173,8 +173,10 @@ class LocalBroker:
             return
         cp = f"{libs}/*"
         cluster = str(uuid.uuid4())
-        cmd = [_java(), "-cp", cp, "kafka.tools.StorageTool", "format", "-t",
-               _kafka_cluster_id(cluster), "-c", str(self.data_dir / "server.properties")]
+        # "--cluster-id=ID" form: a base64url id may start with "-" and read as an option.
+        cmd = [_java(), "-cp", cp, "kafka.tools.StorageTool", "format",
+               f"--cluster-id={_kafka_cluster_id(cluster)}",
+               "--config", str(self.data_dir / "server.properties")]
         done = subprocess.run(cmd, check=False, capture_output=True, text=True)  # noqa: S603
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed: {done.stdout}{done.stderr}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -63,3 +65,18 @@ def test_restart_keeps_data_and_stop_is_clean(kafka_broker: LocalBroker) -> None
     assert kafka_broker.running_pid() is not None
     idle = LocalBroker(kafka_broker.data_dir / "never-started")
     assert idle.stop() is False
+
+
+def test_cluster_ids_starting_with_a_dash_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster id beginning with '-' (1 start in 64) must not be read as an option."""
+    from nbstream import kafka_local
+
+    seed = next(u for u in iter(uuid.uuid4, None)
+                if kafka_local._kafka_cluster_id(str(u)).startswith("-"))
+    monkeypatch.setattr(kafka_local.uuid, "uuid4", lambda: seed)
+    broker = LocalBroker(tmp_path)
+    (tmp_path / "server.properties").write_text(broker._properties())
+    broker._format(kafka_local.install(broker.version, quiet=True))
+    assert (tmp_path / "logs" / "meta.properties").exists()
