@@ -10,6 +10,7 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv python3-dev)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "installing system packages: ${need[*]}"
 if [ "$(id -u)" -ne 0 ]; then
