@@ -54,7 +54,10 @@ def test_unavailable_type_names_its_extra(
     monkeypatch: pytest.MonkeyPatch, type_: str, sdk: str
 ) -> None:
     """A type whose SDK is missing says which extra installs it (the SDK is hidden here)."""
-    monkeypatch.setitem(sys.modules, sdk, None)  # makes "import <sdk>" raise ImportError
+    # None in sys.modules makes an import raise ImportError; hide the SDK's already-loaded
+    # submodules too, which would otherwise be returned without touching the parent.
+    for name in [m for m in sys.modules if m == sdk or m.startswith(sdk + ".")] + [sdk]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, f"sinks.{type_}", raising=False)
     with pytest.raises(SinkConfigError, match=rf"sinks\.alerts\.type: .*nbstream\[{type_}\]"):
         validate_sink_settings("alerts", sink(type=type_))
