@@ -55,7 +55,7 @@ def register_router(
                     "nbstream-original-offset": str(msg.offset).encode(),
                 })
                 continue
-            if dedup is not None and not dedup.first_time(nb.source_id):
+            if dedup is not None and not dedup.first_time(nb.source_id, event.message.offset):
                 metrics.duplicates.inc()
                 continue
             match = engine.match(nb.object_type, nb.event_type, nb.data)
