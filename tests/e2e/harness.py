@@ -156,6 +156,23 @@ def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def e2e_base(broker: Any, prefix: str, tmp: Path, ingest_port: int) -> dict[str, Any]:
+    """Return the config sections every end-to-end test shares; tests add sinks and rules.
+
+    ``broker`` is the session's LocalBroker; topics live under the test's own ``prefix``.
+    """
+    from tests.conftest import FIXTURE_SECRET
+
+    return {
+        "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
+        "environment": "e2e",
+        "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topic_prefix": prefix,
+                  "partitions": 3},
+        "ingest": {"port": ingest_port},
+        "processor": {"data_dir": str(tmp / "processor"), "web_port": 0},
+    }
+
+
 def signature_ok(body: bytes, secret: str, header: str | None) -> bool:
     """Return whether ``header`` is NetBox's HMAC-SHA512 signature of ``body``."""
     want = hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()

@@ -17,8 +17,14 @@ from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
 from schemas.config import parse_settings
 from schemas.identity import egress_id
-from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
-from tests.e2e.harness import assert_alive, nbstream_processes, receiver_server, signature_ok
+from tests.conftest import FIXTURES, free_port
+from tests.e2e.harness import (
+    assert_alive,
+    e2e_base,
+    nbstream_processes,
+    receiver_server,
+    signature_ok,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -49,12 +55,7 @@ def test_captured_webhooks_flow_to_webhook_sinks(
     ingest_port = free_port()
     with receiver_server() as (receiver, port):
         config = {
-            "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-            "environment": "e2e",
-            "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
-                      "topic_prefix": topic_prefix, "partitions": 3},
-            "ingest": {"port": ingest_port},
-            "processor": {"data_dir": str(tmp_path / "processor"), "web_port": 0},
+            **e2e_base(kafka_broker, topic_prefix, tmp_path, ingest_port),
             "sinks": {
                 "all": {"type": "webhook", "payload_url": f"http://127.0.0.1:{port}/all",
                         "secret": SINK_SECRET},

@@ -39,8 +39,8 @@ from sinks.mqtt import (
     ack_error,
     batch_failures,
 )
-from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
-from tests.e2e.harness import assert_alive, nbstream_processes
+from tests.conftest import FIXTURES, free_port
+from tests.e2e.harness import assert_alive, e2e_base, nbstream_processes
 from tests.sinks.conformance import CHECKS, ErrorClass
 from tests.sinks.records import fixture_records, synthetic_record
 from tests.sinks.servers.mosquitto import (
@@ -556,12 +556,7 @@ def test_captured_webhooks_flow_to_mqtt(broker: Mosquitto, kafka_broker: LocalBr
     payloads = [json.loads(r["body"]) for r in requests]
     ingest_port = free_port()
     config = {
-        "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-        "environment": "e2e",
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
-                  "topic_prefix": topic_prefix, "partitions": 3},
-        "ingest": {"port": ingest_port},
-        "processor": {"data_dir": str(tmp_path / "processor"), "web_port": 0},
+        **e2e_base(kafka_broker, topic_prefix, tmp_path, ingest_port),
         "sinks": {"mqtt-out": {"type": "mqtt", "host": "127.0.0.1", "port": broker.port,
                                "topic": "netbox/{netbox_id}/{object_type}/{event}"}},
         "rules": [{"name": "everything", "sinks": ["mqtt-out"],

@@ -39,8 +39,8 @@ from sinks.base import (
     SinkContext,
 )
 from sinks.pubsub import PubSubSettings, PubSubSink
-from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
-from tests.e2e.harness import assert_alive, nbstream_processes
+from tests.conftest import FIXTURES, free_port
+from tests.e2e.harness import assert_alive, e2e_base, nbstream_processes
 from tests.sinks.conformance import CHECKS, ErrorClass
 from tests.sinks.records import fixture_records, synthetic_record
 from tests.sinks.servers.pstest import FakeClients, PsTestServer, build_pstest
@@ -410,12 +410,7 @@ def test_end_to_end(kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path
     dest = Destination(clients)
     ingest_port = free_port()
     config = {
-        "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-        "environment": "e2e",
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
-                  "topic_prefix": topic_prefix, "partitions": 3},
-        "ingest": {"port": ingest_port},
-        "processor": {"data_dir": str(tmp_path / "processor"), "web_port": 0},
+        **e2e_base(kafka_broker, topic_prefix, tmp_path, ingest_port),
         "sinks": {SINK: {"type": "pubsub", "project": PROJECT, "topic": dest.topic,
                          "emulator_host": fake.host}},
         "rules": [{"name": "everything", "sinks": [SINK],

@@ -41,8 +41,8 @@ from sinks.base import (
 )
 from sinks.registry import validate_sink_settings
 from sinks.servicebus import ServiceBusSettings, ServiceBusSink, classify
-from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
-from tests.e2e.harness import assert_alive, nbstream_processes
+from tests.conftest import FIXTURES, free_port
+from tests.e2e.harness import assert_alive, e2e_base, nbstream_processes
 from tests.sinks.conformance import CHECKS, ErrorClass
 from tests.sinks.records import fixture_records, record_from_payload, synthetic_record
 from tests.sinks.servers.amqp_peer import AmqpPeer, ReceivedMessage
@@ -499,12 +499,7 @@ def test_captured_webhooks_reach_the_queue(
     payloads = [json.loads(r["body"]) for r in requests]
     ingest_port = free_port()
     config = {
-        "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-        "environment": "e2e",
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
-                  "topic_prefix": topic_prefix, "partitions": 3},
-        "ingest": {"port": ingest_port},
-        "processor": {"data_dir": str(tmp_path / "processor"), "web_port": 0},
+        **e2e_base(kafka_broker, topic_prefix, tmp_path, ingest_port),
         "sinks": {SINK: {"type": "servicebus", "connection_string": peer.connection_string(),
                          "queue": E2E}},
         "rules": [{"name": "everything", "sinks": [SINK],

@@ -43,8 +43,8 @@ from sinks.sns import (
     classify_failed_entry,
     plan_rounds,
 )
-from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
-from tests.e2e.harness import assert_alive, nbstream_processes
+from tests.conftest import FIXTURES, free_port
+from tests.e2e.harness import assert_alive, e2e_base, nbstream_processes
 from tests.sinks.conformance import CHECKS, ErrorClass
 from tests.sinks.records import fixture_records, record_from_payload, synthetic_record
 from tests.sinks.servers.moto_server import (
@@ -678,12 +678,7 @@ def test_captured_webhooks_flow_to_sns(
     monkeypatch.setenv("NBSTREAM_TEST_AWS_SECRET", SECRET_KEY)
     ingest_port = free_port()
     config = {
-        "netbox": {"id": "nb-e2e", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-        "environment": "e2e",
-        "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
-                  "topic_prefix": topic_prefix, "partitions": 3},
-        "ingest": {"port": ingest_port},
-        "processor": {"data_dir": str(tmp_path / "processor"), "web_port": 0},
+        **e2e_base(kafka_broker, topic_prefix, tmp_path, ingest_port),
         "sinks": {"aws": {"type": "sns", "topic_arn": topic, "endpoint_url": moto.endpoint_url,
                           "access_key_id": "${NBSTREAM_TEST_AWS_KEY}",
                           "secret_access_key": "${NBSTREAM_TEST_AWS_SECRET}"}},
