@@ -139,7 +139,7 @@ def assert_alive(procs: list[subprocess.Popen[bytes]]) -> None:
         if p.poll() is not None:
             log = Path(str(getattr(p, "log_path", "")))
             tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
-            raise AssertionError(f"{p.args[-2:]} exited with {p.returncode}:\n{tail}")
+            raise AssertionError(f"{p.args!r} exited with {p.returncode}:\n{tail}")
 
 
 def wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:

@@ -78,6 +78,31 @@ async def start(build: Build, tmp_path: Path, servers: str, prefix: str, port: i
     return p
 
 
+async def kill_under_load(
+    p: Any, rec: Receiver, events: list[Any], stage: str, marks: list[float],
+    delays: list[float], reached: Callable[[float], bool], what: str,
+) -> Any:
+    """Post ``events``; each time ``reached(mark)``, wait ``delay`` then kill -9 and restart
+    ``stage``; return what was posted once every acknowledged event was delivered."""
+
+    async def chaos() -> None:
+        for mark, delay in zip(marks, delays, strict=True):
+            await p.wait_for(partial(reached, mark), 240, f"{mark:.0%} {what}")
+            await asyncio.sleep(delay)
+            p.kill(stage)
+            p.start(stage)
+
+    load = asyncio.ensure_future(p.post_load(events))
+    try:
+        await chaos()
+        posted = await load
+    finally:
+        load.cancel()
+    await p.wait_delivered(rec, acked_ids(posted), timeout=120)
+    await asyncio.sleep(1.0)  # anything extra (a duplicate) would arrive now
+    return posted
+
+
 async def test_a_sink_worker_killed_and_restarted(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
     receiver: tuple[Receiver, int], pipelines: Build, report: Report,
@@ -97,21 +122,8 @@ async def test_a_sink_worker_killed_and_restarted(
     def delivered_share(mark: float) -> bool:
         return progress.unique() >= mark * total
 
-    async def chaos() -> None:
-        for mark, delay in zip(marks, delays, strict=True):
-            await p.wait_for(partial(delivered_share, mark), 240, f"{mark:.0%} delivered")
-            await asyncio.sleep(delay)
-            p.kill("sink")
-            p.start("sink")
-
-    load = asyncio.ensure_future(p.post_load(events))
-    try:
-        await chaos()
-        posted = await load
-    finally:
-        load.cancel()
-    await p.wait_delivered(rec, acked_ids(posted), timeout=120)
-    await asyncio.sleep(1.0)
+    posted = await kill_under_load(p, rec, events, "sink", marks, delays, delivered_share,
+                                   "delivered")
     s = summarize(posted, deliveries(rec))
     report("a: sink worker kill -9 x3", s, f"seed={seed}, kills at "
            + ", ".join(f"{m:.0%}" for m in marks) + " delivered")
@@ -137,21 +149,8 @@ async def test_b_processor_killed_and_restarted(
     def progressed(mark: float) -> bool:
         return p.routed() >= mark * total
 
-    async def chaos() -> None:
-        for mark, delay in zip(marks, delays, strict=True):
-            await p.wait_for(partial(progressed, mark), 240, f"{mark:.0%} routed")
-            await asyncio.sleep(delay)
-            p.kill("process")
-            p.start("process")
-
-    load = asyncio.ensure_future(p.post_load(events))
-    try:
-        await chaos()
-        posted = await load
-    finally:
-        load.cancel()
-    await p.wait_delivered(rec, acked_ids(posted), timeout=120)
-    await asyncio.sleep(1.0)
+    posted = await kill_under_load(p, rec, events, "process", marks, delays, progressed,
+                                   "routed")
     s = summarize(posted, deliveries(rec))
     report("b: processor kill -9 x2", s, f"seed={seed}, kills at "
            + ", ".join(f"{m:.0%}" for m in marks) + " routed")
