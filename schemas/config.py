@@ -137,7 +137,6 @@ class IngestSettings(_Model):
 class ProcessorSettings(_Model):
     """The Faust rule processor."""
 
-    workers: int = Field(1, ge=1, description="Processor processes started by `nbstream up`.")
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (/metrics); 0 = off.")
     data_dir: Path = Field(Path("var/processor"), description="Faust data directory.")
     commit_interval: float = Field(

@@ -87,11 +87,21 @@ class Receiver:
         return self.by_path(path)
 
 
+class _ReceiverServer(ThreadingHTTPServer):
+    """A threaded HTTP server that stays quiet about connections a killed client reset."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore connection resets; report anything else as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 @contextmanager
 def receiver_server() -> Iterator[tuple[Receiver, int]]:
     """Serve a Receiver on a free port; yield it and the port; stop it afterwards."""
     rec = Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), rec.handler())
+    server = _ReceiverServer(("127.0.0.1", 0), rec.handler())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

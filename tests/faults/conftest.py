@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Receiver
+from tests.e2e.harness import Receiver, receiver_server
 from tests.faults.pipeline import FaultPipeline, Summary
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """The harness server, minus tracebacks for connections a killed sink worker reset."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Ignore connection resets; report anything else as usual."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
 
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, int]]:
     """The destination: the harness Receiver on a real threaded HTTP server; and its port."""
-    rec = Receiver()
-    server = _QuietServer(("127.0.0.1", 0), rec.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield rec, int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with receiver_server() as served:
+        yield served
 
 
 @pytest.fixture

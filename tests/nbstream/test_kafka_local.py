@@ -60,7 +60,7 @@ def test_confluent_and_aiokafka_roundtrip(kafka_broker: LocalBroker) -> None:
     assert seen == [b"from-confluent", b"from-aiokafka"]
 
 
-def test_restart_keeps_data_and_stop_is_clean(kafka_broker: LocalBroker) -> None:
+def test_running_pid_and_stop_of_an_unstarted_broker(kafka_broker: LocalBroker) -> None:
     """The running broker reports its PID; stop() of a second, unstarted broker is a no-op."""
     assert kafka_broker.running_pid() is not None
     idle = LocalBroker(kafka_broker.data_dir / "never-started")
