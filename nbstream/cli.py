@@ -71,12 +71,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         sup.start("processor", [*base, "process"])
         for name in settings.enabled_sinks():
             sup.start(f"sink {name}", [*base, "sink", name])
+        d = settings.dashboard
+        if d.port:
+            sup.start("dashboard", [*base, "dashboard"])
         i = settings.ingest
         print(f"\nnbstream {__version__} is up. Send NetBox webhooks to:\n"
               f"    http://{i.host}:{i.port}/webhook\n"
               f"  health  http://{i.host}:{i.port}/healthz   metrics http://{i.host}:{i.port}"
               f"/metrics\n  sinks   {', '.join(settings.enabled_sinks()) or '(none)'}\n"
-              f"Press Ctrl-C to stop.\n", flush=True)
+              + (f"  lag dashboard  http://{d.host}:{d.port}/\n" if d.port else "")
+              + "Press Ctrl-C to stop.\n", flush=True)
         code = sup.wait()
     finally:
         if broker is not None:
@@ -102,10 +106,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    """Run the Faust rule processor."""
+    """Run the Faust rule processor; its /metrics also carries its group's consumer lag."""
+    from prometheus_client import CollectorRegistry
+
+    from nbstream.lag import GroupLagCollector, groups_of
     from processors.worker import run_processor
 
-    run_processor(_settings(args), __version__, loglevel="warn")
+    settings = _settings(args)
+    registry = CollectorRegistry()
+    registry.register(GroupLagCollector(settings, [g for g in groups_of(settings)
+                                                   if g.role == "processor"]))
+    run_processor(settings, __version__, loglevel="warn", registry=registry)
     return 0
 
 
@@ -232,6 +243,25 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return replay_letters(settings, args.sink, args.since, args.egress_id or (), args.dry_run)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the live lag dashboard until Ctrl-C/SIGTERM."""
+    import signal
+    import threading
+
+    from nbstream.dashboard import serve_dashboard
+
+    settings = _settings(args)
+    conf = settings.dashboard.model_copy(update={
+        k: v for k, v in (("host", args.host), ("port", args.port), ("interval", args.interval),
+                          ("window", args.window)) if v is not None})
+    settings = settings.model_copy(update={"dashboard": conf})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"nbstream dashboard on http://{conf.host}:{conf.port}/ (Ctrl-C stops)", flush=True)
+    serve_dashboard(settings, stop=stop)
+    return 0
+
+
 def cmd_lag(args: argparse.Namespace) -> int:
     """Show lag and status of every nbstream consumer group."""
     from nbstream.lag import run_lag
@@ -291,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds of observations a status is judged on (default 10)")
     sp.add_argument("--interval", type=float, default=2.0,
                     help="seconds between observations (default 2)")
+    sp = add("dashboard", cmd_dashboard, "serve a live page of every group's lag in messages "
+             "and seconds over time, delivery rate, errors, dead letters and status; "
+             "/api/state is its JSON, /metrics its status gauges (for alert rules)")
+    sp.add_argument("--host", help="listen address (default: dashboard.host)")
+    sp.add_argument("--port", type=int, help="listen port (default: dashboard.port, 8090)")
+    sp.add_argument("--interval", type=float, help="seconds between observations (default 2)")
+    sp.add_argument("--window", type=float, help="seconds a status is judged on (default 30)")
     sp = add("dlq", cmd_dlq, "inspect ('list') or re-deliver ('replay') a sink's dead letters; "
              "a replay keeps each record's egress_id, so receivers can deduplicate")
     sp.add_argument("action", choices=["list", "replay"])

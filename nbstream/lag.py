@@ -9,6 +9,7 @@ so it keeps growing while producers are idle (0 when caught up). Status: nbstrea
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import deque
@@ -18,12 +19,16 @@ from typing import TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client.core import Metric
 
 from nbstream.lag_status import Observation, Status, group_status, partition_status
 from schemas.config import Settings
+from schemas.lag_metrics import LagRow, lag_families
 from schemas.topics import Topics
 
-__all__ = ["Group", "LagReader", "PartitionLag", "groups_of", "run_lag"]
+__all__ = ["Group", "GroupLagCollector", "LagReader", "PartitionLag", "groups_of", "run_lag"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,19 @@ class LagReader:
                 found[p] = msg.timestamp()[1] / 1000.0
         return found
 
+    def written(self, topic: str) -> int:
+        """Return how many records were ever written to ``topic`` (its end offsets' sum)."""
+        consumer = Consumer({**self._conf, "group.id": "nbstream-lag-reader",
+                             "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return 0
+            return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                       for p in meta.partitions)
+        finally:
+            consumer.close()
+
     def observe(self, group: Group) -> list[PartitionLag]:
         """Return one observation of every partition of ``group``'s topic."""
         consumer = Consumer({**self._conf, "group.id": group.name, "enable.auto.commit": False,
@@ -148,6 +166,31 @@ class LagReader:
         return [PartitionLag(group.name, group.topic, p, o,
                              max(0.0, now - stamps[p]) if p in stamps else 0.0)
                 for p, o in rows.items()]
+
+
+class GroupLagCollector:
+    """Prometheus collector of the consumer-lag gauges of ``groups``, read from the cluster at
+    scrape time (at most once per ``min_interval``), for processes that have no lag bookkeeping
+    of their own: the Faust processor."""
+
+    def __init__(self, settings: Settings, groups: list[Group], min_interval: float = 2.0
+                 ) -> None:
+        self._reader = LagReader(settings)
+        self._groups = groups
+        self._min_interval = min_interval
+        self._rows: list[LagRow] = []
+        self._at = float("-inf")
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the lag gauges (the last good reading when the cluster cannot be read)."""
+        if time.monotonic() - self._at >= self._min_interval:
+            try:
+                self._rows = [LagRow(r.group, r.topic, r.partition, r.lag, r.lag_seconds)
+                              for g in self._groups for r in self._reader.observe(g)]
+                self._at = time.monotonic()
+            except KafkaException as err:
+                log.warning("consumer lag not readable", extra={"error": str(err)})
+        return lag_families(self._rows)
 
 
 @dataclass

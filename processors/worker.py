@@ -60,9 +60,11 @@ def build_processor(
     return Processor(app, agent, ch, engine, metrics, registry)
 
 
-def run_processor(settings: Settings, version: str, loglevel: str = "warn") -> None:
-    """Run the processor in the foreground until SIGINT/SIGTERM (Faust's Worker handles them)."""
-    proc = build_processor(settings, version)
+def run_processor(settings: Settings, version: str, loglevel: str = "warn",
+                  registry: CollectorRegistry | None = None) -> None:
+    """Run the processor in the foreground until SIGINT/SIGTERM (Faust's Worker handles them).
+    ``registry`` may carry collectors of the command layer (the group's consumer lag)."""
+    proc = build_processor(settings, version, registry=registry)
     if settings.processor.web_port:
         start_http_server(settings.processor.web_port, addr="127.0.0.1", registry=proc.registry)
     worker = faust.Worker(proc.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

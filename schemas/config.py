@@ -27,6 +27,7 @@ from schemas.records import OBJECT_EVENTS, EventType
 
 __all__ = [
     "ConfigError",
+    "DashboardSettings",
     "EmbeddedKafka",
     "IngestSettings",
     "KafkaSettings",
@@ -153,6 +154,17 @@ class ProcessorSettings(_Model):
     )
 
 
+class DashboardSettings(_Model):
+    """The live lag dashboard (``nbstream dashboard``; ``nbstream up`` starts it too)."""
+
+    host: str = Field("127.0.0.1", description="Listen address.")
+    port: int = Field(8090, ge=0, le=65535, description="Listen port; 0 = not started by up.")
+    interval: float = Field(2.0, gt=0, description="Seconds between lag observations.")
+    window: float = Field(
+        30.0, gt=0, description="Seconds of observations a Burrow-style status is judged on.")
+    history: float = Field(600.0, gt=0, description="Seconds of lag the charts show.")
+
+
 class SinkSettings(BaseModel):
     """Settings every sink shares; the sink's own fields are validated by its module."""
 
@@ -201,6 +213,9 @@ class Settings(_Model):
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     processor: ProcessorSettings = Field(
         default_factory=ProcessorSettings  # type: ignore[arg-type]
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings  # type: ignore[arg-type]
     )
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
     rules: tuple[RuleSettings, ...] = ()

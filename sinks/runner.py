@@ -42,9 +42,10 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from schemas.config import Settings, SinkSettings
+from schemas.lag_metrics import LagRow, lag_families
 from schemas.records import DeadLetter, SinkRecord
 from schemas.serde import Serde, SerdeError, make_serde
 from schemas.topics import Topics
@@ -102,28 +103,11 @@ class _LagCollector:
     """Exports per-partition offset lag and time lag of every runner on one registry."""
 
     def __init__(self) -> None:
-        self.sources: dict[str, Callable[[], Mapping[TP, tuple[int | None, float]]]] = {}
+        self.sources: dict[str, Callable[[], Iterable[LagRow]]] = {}
 
     def collect(self) -> Iterable[Metric]:
-        """Yield the two lag gauges, read from the runners at scrape time."""
-        messages = GaugeMetricFamily(
-            "nbstream_sink_lag_messages",
-            "Log end offset minus committed offset, per partition.",
-            labels=["sink", "topic", "partition"],
-        )
-        seconds = GaugeMetricFamily(
-            "nbstream_sink_lag_seconds",
-            "Age of the oldest record not yet delivered, per partition; 0 when caught up.",
-            labels=["sink", "topic", "partition"],
-        )
-        for sink, source in list(self.sources.items()):
-            for (topic, partition), (offset_lag, age) in source().items():
-                labels = [sink, topic, str(partition)]
-                if offset_lag is not None:
-                    messages.add_metric(labels, offset_lag)
-                seconds.add_metric(labels, age)
-        yield messages
-        yield seconds
+        """Yield the two consumer-lag gauges, read from the runners at scrape time."""
+        return lag_families(row for source in list(self.sources.values()) for row in source())
 
 
 @dataclass(frozen=True)
@@ -187,7 +171,7 @@ class SinkMetrics:
         self.delivery_seconds = families.delivery_seconds.labels(sink)
         self.batch_size = families.batch_size.labels(sink)
 
-    def track_lag(self, source: Callable[[], Mapping[TP, tuple[int | None, float]]]) -> None:
+    def track_lag(self, source: Callable[[], Iterable[LagRow]]) -> None:
         """Export the lag ``source`` reports, until ``untrack_lag``."""
         self._families.lag.sources[self.sink] = source
 
@@ -528,14 +512,16 @@ class SinkRunner:
         """Log client-level errors (librdkafka retries them itself unless fatal)."""
         self._log.warning("kafka client error", extra={"sink": self.name, "error": str(err)})
 
-    def _lag_snapshot(self) -> dict[TP, tuple[int | None, float]]:
-        """Return (offset lag, seconds since the oldest undelivered record) per partition."""
+    def _lag_snapshot(self) -> list[LagRow]:
+        """Return each owned partition's offset lag and age of its oldest undelivered record."""
         now = time.time()
         oldest = dict(self._oldest)
-        out: dict[TP, tuple[int | None, float]] = {}
-        for key in list(self._owned):
-            ts = oldest.get(key)
-            out[key] = (self._offset_lag.get(key), max(0.0, now - ts) if ts else 0.0)
+        group = self._topics.sink_group(self.name)
+        out = []
+        for topic, partition in list(self._owned):
+            ts = oldest.get((topic, partition))
+            out.append(LagRow(group, topic, partition, self._offset_lag.get((topic, partition)),
+                              max(0.0, now - ts) if ts else 0.0))
         return out
 
     # -- the loop -------------------------------------------------------------------------

@@ -430,12 +430,12 @@ async def test_lag_gauges(kafka_broker: LocalBroker, topic_prefix: str) -> None:
                         stats_interval=0.2, shutdown_timeout=0.2)
     topic = Topics(topic_prefix).sink("rec")
     partition = next(p for p, end in end_offsets(settings, topic).items() if end)
+    labels = {"group": Topics(topic_prefix).sink_group("rec"), "topic": topic,
+              "partition": str(partition)}
 
     def lagging() -> bool:
-        labels = {"sink": "rec", "topic": topic, "partition": str(partition)}
-        return (sample(registry, "nbstream_sink_lag_messages", **labels) == len(records)
-                and sample(registry, "nbstream_sink_lag_seconds", **labels) > 0)
+        return (sample(registry, "nbstream_consumer_lag_messages", **labels) == len(records)
+                and sample(registry, "nbstream_consumer_lag_seconds", **labels) > 0)
 
     await run_until(runner, lagging)
-    assert registry.get_sample_value("nbstream_sink_lag_seconds", {
-        "sink": "rec", "topic": topic, "partition": str(partition)}) is None  # untracked
+    assert registry.get_sample_value("nbstream_consumer_lag_seconds", labels) is None  # untracked
