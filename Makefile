@@ -36,5 +36,8 @@ lint: install  ## ruff and mypy
 test: kafka lint  ## lint, types, and every test (unit, real broker, end to end)
 	$(VENV)/bin/pytest
 
+bench: kafka  ## every benchmark on the embedded broker: benchmarks/results.json, docs/performance.md
+	$(PY) -m benchmarks.run
+
 clean:  ## remove local state (broker data, demo output); keeps the venv and the Kafka cache
 	rm -rf var

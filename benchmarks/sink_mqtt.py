@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
@@ -28,18 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.records import SinkRecord  # noqa: E402
-from sinks.base import PartialBatchError, SinkContext  # noqa: E402
+from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
+from sinks.base import SinkContext  # noqa: E402
 from sinks.mqtt import MqttSettings, MqttSink  # noqa: E402
-from tests.sinks.records import synthetic_record  # noqa: E402
 from tests.sinks.servers.mosquitto import Mosquitto, Subscriber  # noqa: E402
-
-SINK = "bench"
-
-
-def make_records(count: int, objects: int) -> list[SinkRecord]:
-    """Return ``count`` updates spread round-robin over ``objects`` objects."""
-    return [synthetic_record(i % objects + 1, i // objects + 1, SINK) for i in range(count)]
 
 
 def count_messages(port: int, expected: int, ready: Synchronized[int],
@@ -55,78 +46,66 @@ def count_messages(port: int, expected: int, ready: Synchronized[int],
             time.sleep(0.05)
 
 
-async def deliver(broker: Mosquitto, records: list[SinkRecord], args: argparse.Namespace,
-                  ) -> tuple[float, float]:
-    """Deliver ``records``; return events/s and this process's CPU µs per record (both
-    threads: the event loop's and paho's), open and close not timed."""
+async def publish(broker: Mosquitto, args: argparse.Namespace) -> Run:
+    """Deliver the records through a fresh sink (CPU counts the loop's and paho's threads)."""
     settings = MqttSettings(host="127.0.0.1", port=broker.port, qos=args.qos,
                             protocol=args.protocol, max_inflight=args.max_inflight)
     sink = MqttSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
-    await sink.open()
-    try:
-        started, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(records), args.batch_size):
-            try:
-                await sink.write_batch(records[i:i + args.batch_size])
-            except PartialBatchError as err:
-                kinds = sorted({str(e) for e in err.failed.values()})
-                raise SystemExit(f"{len(err.failed)} records failed: {kinds}") from None
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    finally:
-        await sink.close()
-    return len(records) / elapsed, cpu / len(records) * 1e6
+    return await open_and_deliver(sink, args)
 
 
-def run_once(broker: Mosquitto, records: list[SinkRecord], args: argparse.Namespace,
-             ) -> tuple[float, float]:
+def run_once(broker: Mosquitto, args: argparse.Namespace) -> Run:
     """One timed delivery, with the subscriber process checking that everything arrived."""
     if args.no_subscriber:
-        return asyncio.run(deliver(broker, records, args))
+        return asyncio.run(publish(broker, args))
     ctx = multiprocessing.get_context("spawn")
     ready, received = ctx.Value("i", 0), ctx.Value("i", 0)
     proc = ctx.Process(target=count_messages,
-                       args=(broker.port, len(records), ready, received, 300.0))
+                       args=(broker.port, args.records, ready, received, 300.0))
     proc.start()
     try:
         while not ready.value:
             if not proc.is_alive():
                 raise SystemExit("the subscriber process failed to start")
             time.sleep(0.05)
-        result = asyncio.run(deliver(broker, records, args))
+        result = asyncio.run(publish(broker, args))
         proc.join(timeout=120)
     finally:
         if proc.is_alive():
             proc.terminate()
-    if received.value != len(records):
-        raise SystemExit(f"only {received.value} of {len(records)} records arrived")
+    if received.value != args.records:
+        raise SystemExit(f"only {received.value} of {args.records} records arrived")
     return result
 
 
-def main() -> None:
-    """Parse arguments, run three times against one Mosquitto, print the result."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--objects", type=int, default=2_000)
-    parser.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
-    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    parser.add_argument("--max-inflight", type=int, default=100)
-    parser.add_argument("--receive-maximum", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-subscriber", action="store_true")
-    args = parser.parse_args()
-    records = make_records(args.records, args.objects)
+def measure(args: argparse.Namespace) -> list[Run]:
+    """Start Mosquitto, run ``args.runs`` times against it, return the runs."""
     options = [f"max_inflight_messages {args.receive_maximum}"]
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp), options=options) as broker:
-        results = [run_once(broker, records, args) for _ in range(args.runs)]
-    rates, cpus = [r for r, _ in results], [c for _, c in results]
-    print(f"mqtt sink: {args.records} records, batch {args.batch_size}, {args.objects} objects, "
-          f"QoS {args.qos}, MQTT {args.protocol}, max_inflight {args.max_inflight}, broker "
-          f"receive maximum {args.receive_maximum}, subscriber "
-          f"{'no' if args.no_subscriber else 'QoS 1, own process'}")
-    print(f"events/s: median {statistics.median(rates):,.0f} "
-          f"(min {min(rates):,.0f}, max {max(rates):,.0f}) over {len(rates)} runs; "
-          f"sink CPU per record: median {statistics.median(cpus):.0f} µs")
+        return [run_once(broker, args) for _ in range(args.runs)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the options of this benchmark."""
+    p = parser(__doc__)
+    p.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    p.add_argument("--max-inflight", type=int, default=100)
+    p.add_argument("--receive-maximum", type=int, default=20)
+    p.add_argument("--no-subscriber", action="store_true")
+    return p
+
+
+SETUP = "Mosquitto, QoS 1, MQTT 5, receive maximum 20, subscriber in its own process"
+
+
+def main() -> None:
+    """Parse arguments, measure, print the result."""
+    args = build_parser().parse_args()
+    print_result("mqtt sink", measure(args), f"{args.records} records, batch {args.batch_size}, "
+                 f"{args.objects} objects, QoS {args.qos}, MQTT {args.protocol}, max_inflight "
+                 f"{args.max_inflight}, broker receive maximum {args.receive_maximum}, "
+                 f"subscriber {'no' if args.no_subscriber else 'QoS 1, own process'}")
 
 
 if __name__ == "__main__":

@@ -13,32 +13,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.records import SinkRecord  # noqa: E402
-from sinks.base import PartialBatchError, SinkContext  # noqa: E402
+from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
+from sinks.base import SinkContext  # noqa: E402
 from sinks.pubsub import PubSubSettings, PubSubSink  # noqa: E402
-from tests.sinks.records import synthetic_record  # noqa: E402
-from tests.sinks.servers.pstest import FakeClients, PsTestServer, build_pstest  # noqa: E402
+from tests.sinks.servers.pstest import (  # type: ignore[attr-defined]  # noqa: E402
+    FakeClients,
+    PsTestServer,
+    build_pstest,
+)
 
-SINK = "bench"
+# (The ignore: mypy resolves pstest to the pstest/ directory beside pstest.py, Python to the
+# module.)
 PROJECT = "nbstream-bench"
 
 
-def make_records(count: int, objects: int) -> list[SinkRecord]:
-    """Return ``count`` updates spread round-robin over ``objects`` objects."""
-    return [synthetic_record(i % objects + 1, i // objects + 1, SINK) for i in range(count)]
-
-
-async def run_once(host: str, clients: FakeClients, records: list[SinkRecord],
-                   args: argparse.Namespace) -> float:
-    """Deliver ``records`` to a fresh topic; return events/s (open and close not timed)."""
+async def run_once(host: str, clients: FakeClients, args: argparse.Namespace) -> Run:
+    """Deliver the records to a fresh topic; check the subscription got them all."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     path = f"projects/{PROJECT}/topics/{topic}"
     clients.create_topic(path)
@@ -50,53 +46,44 @@ async def run_once(host: str, clients: FakeClients, records: list[SinkRecord],
                               max_messages=args.max_messages,
                               max_concurrency=args.max_concurrency)
     sink = PubSubSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
-    await sink.open()
-    try:
-        started = time.perf_counter()
-        for i in range(0, len(records), args.batch_size):
-            try:
-                await sink.write_batch(records[i:i + args.batch_size])
-            except PartialBatchError as err:
-                kinds = sorted({str(e) for e in err.failed.values()})
-                raise SystemExit(f"{len(err.failed)} records failed: {kinds}") from None
-        elapsed = time.perf_counter() - started
-    finally:
-        await sink.close()
+    result = await open_and_deliver(sink, args)
     if subscription is not None:
         got = len(clients.pull_all(subscription))
-        if got != len(records):
-            raise SystemExit(f"only {got} of {len(records)} records arrived")
+        if got != args.records:
+            raise SystemExit(f"only {got} of {args.records} records arrived")
     clients.delete_topic(path)
-    return len(records) / elapsed
+    return result
 
 
-def main() -> None:
-    """Parse arguments, run against one fake, print the median and range."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--objects", type=int, default=2_000)
-    parser.add_argument("--max-messages", type=int, default=PubSubSettings.model_fields[
-        "max_messages"].default)
-    parser.add_argument("--max-concurrency", type=int, default=PubSubSettings.model_fields[
-        "max_concurrency"].default)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-subscriber", action="store_true")
-    args = parser.parse_args()
-
-    records = make_records(args.records, args.objects)
-    rates = []
+def measure(args: argparse.Namespace) -> list[Run]:
+    """Start the fake, run ``args.runs`` times against it, return the runs."""
     with PsTestServer(build_pstest()) as server:
         clients = FakeClients(server.host)
         try:
-            for _ in range(args.runs):
-                rates.append(asyncio.run(run_once(server.host, clients, records, args)))
+            return [asyncio.run(run_once(server.host, clients, args)) for _ in range(args.runs)]
         finally:
             clients.close()
-    print(f"pubsub sink: {statistics.median(rates):,.0f} events/s median of {args.runs} "
-          f"(min {min(rates):,.0f}, max {max(rates):,.0f}); {args.records} records, "
-          f"batch {args.batch_size}, {args.objects} objects, max_messages "
-          f"{args.max_messages}, max_concurrency {args.max_concurrency}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the options of this benchmark."""
+    p = parser(__doc__)
+    fields = PubSubSettings.model_fields
+    p.add_argument("--max-messages", type=int, default=fields["max_messages"].default)
+    p.add_argument("--max-concurrency", type=int, default=fields["max_concurrency"].default)
+    p.add_argument("--no-subscriber", action="store_true")
+    return p
+
+
+SETUP = "pstest (Go, own process), ordered subscription drained and checked afterwards"
+
+
+def main() -> None:
+    """Parse arguments, measure, print the result."""
+    args = build_parser().parse_args()
+    print_result("pubsub sink", measure(args), f"{args.records} records, batch {args.batch_size}, "
+                 f"{args.objects} objects, max_messages {args.max_messages}, max_concurrency "
+                 f"{args.max_concurrency}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ The peer (tests/sinks/servers/amqp_peer.py) runs in its own process so it does n
 GIL with the sink. Each run opens a sink, sends N synthetic records through ``write_batch`` in
 runner-sized batches (500 by default), closes it, and checks the peer received all N. The
 rate covers the write_batch calls only (open and close excluded). Prints the median of the
-runs with min and max.
+runs with min and max, and the peer's CPU per record.
 
-    .venv/bin/python benchmarks/sink_servicebus.py [--records 20000] [--batch 500] [--runs 3]
+    .venv/bin/python benchmarks/sink_servicebus.py [--records 20000] [--batch-size 500]
+        [--runs 3]
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,13 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import SecretStr  # noqa: E402 - after the path setup above
 
-from schemas.records import SinkRecord  # noqa: E402
+from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
 from sinks.base import SinkContext  # noqa: E402
 from sinks.servicebus import ServiceBusSettings, ServiceBusSink  # noqa: E402
-from tests.sinks.records import synthetic_record  # noqa: E402
 
 QUEUE = "bench"
-SINK = "bench"
 
 # The peer process: prints "READY <port> <key>", answers "count" with the number of messages
 # received so far and "cpu" with its CPU seconds, and stops at end of input.
@@ -78,56 +76,51 @@ class PeerProcess:
         self.proc.wait(timeout=30)
 
 
-async def one_run(
-    peer: PeerProcess, records: list[SinkRecord], batch: int
-) -> tuple[float, float]:
-    """Send ``records`` in batches through a fresh sink; return events/s of the sends (wall
-    clock) and the sink process's CPU seconds per 1,000 events."""
+async def one_run(peer: PeerProcess, args: argparse.Namespace) -> Run:
+    """Send the records in batches through a fresh sink."""
     conn = (f"Endpoint=sb://127.0.0.1:{peer.port};SharedAccessKeyName=RootManageSharedAccessKey;"
             f"SharedAccessKey={peer.key};UseDevelopmentEmulator=true")
     settings = ServiceBusSettings(connection_string=SecretStr(conn), queue=QUEUE)
-    sink = ServiceBusSink(SINK, settings,
-                          SinkContext(environment="bench", sink=SINK))
-    await sink.open()
-    try:
-        started, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(records), batch):
-            await sink.write_batch(records[i:i + batch])
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    finally:
-        await sink.close()
-    return len(records) / elapsed, cpu * 1000 / len(records)
+    sink = ServiceBusSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    return await open_and_deliver(sink, args)
 
 
-def main() -> None:
-    """Run the benchmark and print the result."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    # 200 objects with several updates each, like a busy NetBox; payloads ~0.4 KB, envelopes ~1 KB.
-    records = [synthetic_record(i % 200, i // 200 + 1, SINK) for i in range(args.records)]
+def measure(args: argparse.Namespace, peer_cpus: list[float] | None = None) -> list[Run]:
+    """Start the peer, run ``args.runs`` times, check every message arrived; return the runs
+    (and append the peer's CPU µs per record of each run to ``peer_cpus``)."""
     peer = PeerProcess()
-    rates, cpus, peer_cpus = [], [], []
+    runs = []
     try:
         for _ in range(args.runs):
             peer.ask("clear")
             peer_cpu = float(peer.ask("cpu"))
-            rate, cpu = asyncio.run(one_run(peer, records, args.batch))
-            peer_cpus.append((float(peer.ask("cpu")) - peer_cpu) * 1000 / len(records))
-            rates.append(rate)
-            cpus.append(cpu)
+            runs.append(asyncio.run(one_run(peer, args)))
+            if peer_cpus is not None:
+                peer_cpus.append((float(peer.ask("cpu")) - peer_cpu) * 1e6 / args.records)
             got = int(peer.ask("count"))
-            if got != len(records):
-                raise SystemExit(f"the peer received {got} of {len(records)} messages")
+            if got != args.records:
+                raise SystemExit(f"the peer received {got} of {args.records} messages")
     finally:
         peer.close()
-    print(f"servicebus sink: {statistics.median(rates):,.0f} events/s "
-          f"(median of {args.runs}; min {min(rates):,.0f}, max {max(rates):,.0f}; "
-          f"{args.records} records, batches of {args.batch}); sink CPU "
-          f"{statistics.median(cpus):.2f} s, peer CPU {statistics.median(peer_cpus):.2f} s "
-          f"per 1,000 events")
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the options of this benchmark (200 objects with several updates each, like a
+    busy NetBox; payloads ~0.4 KB, envelopes ~1 KB)."""
+    return parser(__doc__, objects=200)
+
+
+SETUP = "qpid-proton AMQP 1.0 peer (own process), one queue, every message checked"
+
+
+def main() -> None:
+    """Parse arguments, measure, print the result."""
+    args = build_parser().parse_args()
+    peer_cpus: list[float] = []
+    runs = measure(args, peer_cpus)
+    print_result("servicebus sink", runs, f"{args.records} records, batches of {args.batch_size}; "
+                 f"peer CPU per record: median {statistics.median(peer_cpus):.0f} µs")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Stage (a): ingest's accepted requests/s and latency at 1-64 clients, with 1 and 2 processes.
+
+``nbstream ingest --workers W`` runs as in production (uvicorn, the idempotent acks=all
+producer) against the bench broker; ``loadgen`` (Go, its own process) posts the 31 captured
+NetBox 4.6.8 webhooks byte for byte with NetBox's own signatures, round-robin, from N
+keep-alive clients in a closed loop. A request counts when ingest answered 202, i.e. after the
+broker acknowledged the record. Latency is the client's request-to-answer time.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import Bench, base_config, fixture_templates, run_load
+from benchmarks.stats import Figure
+from tests.e2e.harness import nbstream_processes
+
+__all__ = ["run"]
+
+CLIENTS = (1, 8, 32, 64)
+PROCESSES = (1, 2)
+
+
+def run(bench: Bench) -> list[Figure]:
+    """Measure every (processes, clients) case ``bench.runs`` times; return the figures."""
+    duration, warmup = (1.0, 0.5) if bench.quick else (5.0, 1.0)
+    clients = (1, 32) if bench.quick else CLIENTS
+    templates = fixture_templates()
+    figures: list[Figure] = []
+    for processes in PROCESSES:
+        tmp = bench.scratch(f"ingest-{processes}")
+        config = base_config(bench, bench.prefix(), tmp)
+        bench.settings(config)
+        port = config["ingest"]["port"]
+        url = f"http://127.0.0.1:{port}/webhook"
+        with nbstream_processes(config, tmp, ["ingest", "--workers", str(processes)],
+                                ingest_port=port):
+            for n in clients:
+                summaries = [run_load(url, templates, tmp, concurrency=n, duration=duration,
+                                      warmup=warmup) for _ in range(bench.runs)]
+                for s in summaries:
+                    if s["accepted"] != s["requests"]:
+                        raise RuntimeError(f"ingest refused requests: {s['statuses']}")
+                case = f"{processes} process{'es' if processes > 1 else ''}, {n} clients"
+                notes = {"processes": processes, "clients": n, "duration_s": duration,
+                         "requests": [s["requests"] for s in summaries]}
+                target = "≥ 5,000/s (2 processes)" if processes == 2 else ""
+                figures.append(Figure("ingest", case, "accepted", "req/s",
+                                      tuple(s["accepted_per_s"] for s in summaries),
+                                      target=target, notes=notes))
+                for q in ("p50", "p95", "p99"):
+                    figures.append(Figure(
+                        "ingest", case, f"latency {q}", "ms",
+                        tuple(s["latency_ms"][q] for s in summaries),
+                        target="≤ 20 ms (32 clients)" if q == "p99" and n == 32 else "",
+                        notes=notes))
+                bench.say(f"ingest {case}: {figures[-4].median:,.0f} req/s, "
+                          f"p99 {figures[-1].median:.1f} ms")
+    return figures

@@ -1,0 +1,3 @@
+module nbstream/benchmarks/loadgen
+
+go 1.22

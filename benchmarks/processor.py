@@ -1,0 +1,159 @@
+"""Stage (b): the processor's events/s with 1, 10 and 100 rules, and with 2 workers.
+
+The raw topic (6 partitions) is filled beforehand with N distinct NetBox events (the captured
+object events, each with its own object id and request id, normalised and Avro-encoded exactly
+as ingest would), then ``nbstream process`` runs as in production (Faust, the dedup table with
+its changelog, outputs published and acked before each commit). The rate counts raw records
+whose offsets the processor committed, from its first commit to the last, so Faust's start-up
+is not timed. Every rule has conditions and routes to the one sink ``bench``; the rules spread
+over the 8 object types of the fixtures, so with 100 rules an event is tested against ~13.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from benchmarks.common import (
+    OBJECT_SENTINEL,
+    SEQ_SENTINEL,
+    Bench,
+    base_config,
+    cpu_seconds,
+    unique_templates,
+)
+from benchmarks.stats import Figure
+from producers.normalize import normalize
+from schemas.config import NetBoxSettings, Settings
+from schemas.serde import make_serde
+from schemas.topics import Topics
+from tests.e2e.harness import assert_alive, nbstream_processes
+
+__all__ = ["encoded_events", "rules", "run"]
+
+OBJECT_TYPES = ("dcim.device", "dcim.interface", "ipam.ipaddress", "dcim.site", "ipam.prefix",
+                "ipam.vlan", "circuits.circuit", "tenancy.tenant")
+CASES = ((1, 1), (1, 10), (1, 100), (2, 100))  # (workers, rules)
+
+
+def rules(count: int) -> list[dict[str, Any]]:
+    """Return ``count`` rules with conditions that hold for the bench events, one sink."""
+    out = []
+    for i in range(count):
+        conditions = {"and": [
+            {"attr": "id", "value": 0, "op": "gt"},
+            {"or": [{"attr": "display", "value": f"no-such-{i}", "op": "contains"},
+                    {"attr": "url", "value": "/api/", "op": "contains"}]},
+        ]}
+        rule: dict[str, Any] = {"name": f"rule-{i}", "conditions": conditions, "sinks": ["bench"]}
+        if count > 1:
+            rule["object_types"] = [OBJECT_TYPES[i % len(OBJECT_TYPES)]]
+        out.append(rule)
+    return out
+
+
+def encoded_events(count: int, topic: str, netbox: NetBoxSettings) -> list[tuple[bytes, bytes]]:
+    """Return ``count`` distinct (key, Avro value) raw records, as ingest would produce them."""
+    templates = [t["body"] for t in unique_templates()]
+    serde = make_serde(None)
+    now = datetime.now(UTC)
+    out = []
+    for k in range(count):
+        body = templates[k % len(templates)].replace(
+            str(OBJECT_SENTINEL), str(k % 5000 + 1)).replace(SEQ_SENTINEL, f"bench-{k}")
+        event = normalize(json.loads(body), body, netbox, now)
+        out.append((event.object_key.encode(), serde.encode("NetBoxEvent", event.to_dict(),
+                                                             topic)))
+    return out
+
+
+def fill(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
+    """Produce ``records`` to the raw topic (murmur2 keys, as ingest places them)."""
+    producer = Producer({"bootstrap.servers": settings.kafka.servers, "linger.ms": 20,
+                         "compression.type": "lz4", "partitioner": "murmur2_random",
+                         "message.max.bytes": 8 * 1024 * 1024})
+    topic = Topics(settings.kafka.topic_prefix).raw
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("could not fill the raw topic")
+
+
+def committed(consumer: Consumer, topic: str, partitions: int) -> int | None:
+    """Return the sum of the processor group's committed offsets on the raw topic (None while
+    the group coordinator is not ready)."""
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)],
+                                 timeout=10)
+    except KafkaException:  # NOT_COORDINATOR and the like while the group is being created
+        return None
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
+def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, bytes]],
+            ) -> tuple[float, float]:
+    """Process ``records`` with ``workers`` processes and ``count`` rules; return events/s and
+    the processes' CPU µs per event."""
+    tmp = bench.scratch(f"processor-{workers}-{count}")
+    prefix = bench.prefix()
+    config = base_config(bench, prefix, tmp)
+    config["sinks"] = {"bench": {"type": "file", "path": str(tmp / "unused.jsonl")}}
+    config["rules"] = rules(count)
+    settings = bench.settings(config)
+    fill(settings, records)
+    topics = Topics(prefix)
+    total = len(records)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.servers,
+                         "group.id": topics.processor_group()})
+    try:
+        with nbstream_processes(config, tmp, *(["process"] for _ in range(workers))) as procs:
+            first, first_at, cpu0 = 0, 0.0, 0.0
+            deadline = time.monotonic() + 180 + total / 500
+            done = 0
+            while done < total:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"processor committed {done} of {total} in time")
+                assert_alive(procs)
+                time.sleep(0.05)
+                done = committed(consumer, topics.raw, settings.kafka.partitions) or done
+                if done and not first_at:
+                    first, first_at = done, time.monotonic()
+                    cpu0 = cpu_seconds([p.pid for p in procs])
+            elapsed = time.monotonic() - first_at
+            cpu = cpu_seconds([p.pid for p in procs]) - cpu0
+    finally:
+        consumer.close()
+    processed = total - first
+    return processed / elapsed, cpu / processed * 1e6
+
+
+def run(bench: Bench) -> list[Figure]:
+    """Measure every (workers, rules) case; return events/s and CPU per event figures."""
+    count = 3_000 if bench.quick else 60_000
+    cases = ((1, 1), (1, 100)) if bench.quick else CASES
+    probe = base_config(bench, "probe.", bench.tmp)
+    netbox = NetBoxSettings(**probe["netbox"])
+    records = encoded_events(count, "raw", netbox)
+    figures = []
+    for workers, n in cases:
+        results = [one_run(bench, workers, n, records) for _ in range(bench.runs)]
+        case = f"{workers} worker{'s' if workers > 1 else ''}, {n} rule{'s' if n > 1 else ''}"
+        notes = {"events": count, "workers": workers, "rules": n, "partitions": 6}
+        target = "≥ 20,000/s" if (workers, n) == (1, 100) else ""
+        figures.append(Figure("processor", case, "events", "events/s",
+                              tuple(r for r, _ in results), target=target, notes=notes))
+        figures.append(Figure("processor", case, "CPU per event", "µs",
+                              tuple(c for _, c in results), notes=notes))
+        bench.say(f"processor {case}: {figures[-2].median:,.0f} events/s, "
+                  f"{figures[-1].median:,.0f} µs CPU per event")
+    return figures
