@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client.core import Metric
 
@@ -29,6 +29,11 @@ from schemas.topics import Topics
 __all__ = ["Group", "GroupLagCollector", "LagReader", "PartitionLag", "groups_of", "run_lag"]
 
 log = logging.getLogger(__name__)
+
+_COORDINATOR_MOVING = frozenset({
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +106,11 @@ class LagReader:
                                          timeout=10)
                 break
             except KafkaException as err:
-                # The coordinator may still be loading __consumer_offsets: retriable, briefly.
-                if not err.args[0].retriable() or time.monotonic() > deadline:
+                # On a young broker the coordinator may still be elected or loading
+                # __consumer_offsets: transient, though librdkafka does not flag all as retriable.
+                code = err.args[0].code()
+                if (not (err.args[0].retriable() or code in _COORDINATOR_MOVING)
+                        or time.monotonic() > deadline):
                     raise
                 time.sleep(0.5)
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in tps}

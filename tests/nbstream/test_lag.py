@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from tests.e2e.harness import nbstream_processes, receiver_server
 from tests.sinks.records import synthetic_record
 
 pytestmark = pytest.mark.kafka
+
+
+def produce_records(p: Producer, topic: str, records: Any) -> None:
+    """Write SinkRecords to ``topic`` keyed by object, as the processor would."""
+    serde = make_serde(None)
+    for r in records:
+        p.produce(topic, key=r.object_key.encode(),
+                  value=serde.encode("SinkRecord", r.to_dict(), topic))
+    assert p.flush(30) == 0
 
 
 def lag_report(settings: Settings, window: float = 3, interval: float = 1) -> tuple[int, Any]:
@@ -47,14 +57,9 @@ def test_lag_statuses_follow_the_worker_and_destination(
         }
         settings = parse_settings(config, env={})
         ensure_topics(settings)
-        topic = Topics(topic_prefix).sink("hook")
-        serde = make_serde(None)
-        p = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
-        for i in range(20):
-            r = synthetic_record(i, 1, "hook")
-            p.produce(topic, key=r.object_key.encode(),
-                      value=serde.encode("SinkRecord", r.to_dict(), topic))
-        assert p.flush(30) == 0
+        produce_records(Producer({"bootstrap.servers": kafka_broker.bootstrap_servers}),
+                        Topics(topic_prefix).sink("hook"),
+                        (synthetic_record(i, 1, "hook") for i in range(20)))
 
         code, first = lag_report(settings)
         assert code == 1 and first["status"] == "STOP" and first["lag_messages"] == 20
@@ -81,3 +86,63 @@ def test_lag_statuses_follow_the_worker_and_destination(
                     break
             assert code == 0 and healed["status"] == "OK"
             assert healed["lag_messages"] == 0 and healed["lag_seconds"] == 0
+
+
+def test_lag_warns_while_a_slow_destination_falls_behind(
+    kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Records arrive at ~150/s, the destination takes ~40/s: offsets move, lag only grows: WARN.
+    Then the load stops, the destination speeds up, the worker catches up: lag 0, OK. One
+    partition: with several, librdkafka may serve one partition's backlog while another's
+    offset rightly stands still (STALL)."""
+    slow = threading.Lock()
+
+    def one_at_a_time(_body: bytes) -> int:
+        with slow:
+            time.sleep(0.025)
+        return 200
+
+    with receiver_server() as (receiver, port):
+        receiver.status_for = one_at_a_time
+        config = {
+            "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers,
+                      "topic_prefix": topic_prefix, "partitions": 1},
+            "sinks": {"hook": {"type": "webhook", "payload_url": f"http://127.0.0.1:{port}/h",
+                               "batch_size": 20}},
+        }
+        settings = parse_settings(config, env={})
+        ensure_topics(settings)
+        topic = Topics(topic_prefix).sink("hook")
+        stop = threading.Event()
+
+        def load() -> None:
+            producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                produce_records(producer, topic,
+                                (synthetic_record(obj, seq, "hook") for obj in range(15)))
+                time.sleep(0.1)
+
+        produce_records(Producer({"bootstrap.servers": kafka_broker.bootstrap_servers}), topic,
+                        [synthetic_record(0, 0, "hook")])
+        with nbstream_processes(config, tmp_path, ["sink", "hook"]) as procs:
+            assert receiver.wait_for("/h", 1, timeout=60, procs=procs)  # the worker consumes
+            loader = threading.Thread(target=load, daemon=True)
+            loader.start()
+            try:
+                time.sleep(3)  # the backlog builds
+                code, behind = lag_report(settings, window=5)
+            finally:
+                stop.set()
+                loader.join()
+            assert code == 1 and behind["status"] == "WARN", behind
+            assert behind["lag_messages"] > 0 and behind["lag_seconds"] > 0
+
+            receiver.status_for = None
+            deadline = time.monotonic() + 60
+            while True:
+                code, caught_up = lag_report(settings, window=2)
+                if caught_up["lag_messages"] == 0 or time.monotonic() > deadline:
+                    break
+            assert code == 0 and caught_up["status"] == "OK" and caught_up["lag_messages"] == 0
