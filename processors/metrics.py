@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
@@ -22,9 +23,11 @@ class ProcessorMetrics:
     duplicates: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
-        """Register the processor's metrics on ``registry``."""
-        return cls(
+    def create(cls, registry: CollectorRegistry, rules: Iterable[str] = (),
+               sinks: Iterable[str] = ()) -> ProcessorMetrics:
+        """Register the processor's metrics on ``registry``, with a zero series for each of
+        ``rules`` and ``sinks`` so dashboards and ``rate()`` see them before the first event."""
+        metrics = cls(
             consumed=Counter("nbstream_processor_events_consumed", "Raw events consumed.",
                              registry=registry),
             matched=Counter("nbstream_processor_rule_matched", "Events matched, per rule.",
@@ -44,3 +47,9 @@ class ProcessorMetrics:
                                "Events dropped because their source_id was routed within the "
                                "dedup window.", registry=registry),
         )
+        for rule in rules:
+            metrics.matched.labels(rule)
+            metrics.condition_errors.labels(rule)
+        for sink in sinks:
+            metrics.routed.labels(sink)
+        return metrics

@@ -51,7 +51,8 @@ def build_processor(
     app = create_app(settings, publish_on_commit)
     ch = channels(app, settings)
     engine = RuleEngine(settings.rules)
-    metrics = ProcessorMetrics.create(registry)
+    metrics = ProcessorMetrics.create(registry, [r.name for r in settings.rules if r.enabled],
+                                      settings.enabled_sinks())
     factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
     window = settings.processor.dedup_window
