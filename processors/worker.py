@@ -67,6 +67,7 @@ def run_processor(settings: Settings, version: str, loglevel: str = "warn",
     ``registry`` may carry collectors of the command layer (the group's consumer lag)."""
     proc = build_processor(settings, version, registry=registry)
     if settings.processor.web_port:
-        start_http_server(settings.processor.web_port, addr="127.0.0.1", registry=proc.registry)
+        start_http_server(settings.processor.web_port, addr=settings.ingest.host,
+                          registry=proc.registry)
     worker = faust.Worker(proc.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
