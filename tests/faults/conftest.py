@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Receiver, receiver_server
-from tests.faults.pipeline import FaultPipeline, Summary
+from tests.e2e.harness import receiver_server
+from tests.faults.pipeline import FaultPipeline, MqttDestination, Summary, WebhookDestination
+from tests.sinks.servers.mosquitto import Mosquitto, Subscriber
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, int]]:
-    """The destination: the harness Receiver on a real threaded HTTP server; and its port."""
-    with receiver_server() as served:
-        yield served
+def hook() -> Iterator[WebhookDestination]:
+    """The webhook destination: the harness Receiver on a real threaded HTTP server."""
+    with receiver_server() as (rec, port):
+        yield WebhookDestination(rec, port)
+
+
+@pytest.fixture
+def mqtt(tmp_path: Path) -> Iterator[MqttDestination]:
+    """The MQTT destination: a real Mosquitto, and a QoS 1 subscriber to ``netbox/#`` that is
+    connected before any load starts and stays connected (Mosquitto queues up to 100,000
+    messages for it), so it misses no message."""
+    with Mosquitto(tmp_path / "mosquitto") as broker, Subscriber(broker.port, qos=1) as sub:
+        yield MqttDestination(broker.port, sub)
 
 
 @pytest.fixture

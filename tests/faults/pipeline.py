@@ -1,12 +1,15 @@
 """The fault-suite harness: a real pipeline whose stages can be killed and restarted, a NetBox-like
 load generator, and the accounting every fault test prints and asserts on.
 
-``FaultPipeline`` writes one config (a ``webhook`` sink named ``hook`` delivering to a harness
-``Receiver``, one rule routing every object event to it) and runs each stage as its own
-``python -m nbstream`` process, so a test can ``kill -9`` one of them and start it again.
-``post_load`` plays NetBox: concurrent workers, each owning a disjoint set of objects and posting
-its objects' events in order, signed, with no retry (NetBox has none). ``summarize`` compares
-what ingest acknowledged with what the receiver got.
+``FaultPipeline`` writes one config (one sink delivering to a ``Destination``, one rule routing
+every object event to it) and runs each stage as its own ``python -m nbstream`` process, so a
+test can ``kill -9`` one of them and start it again. A ``Destination`` names the sink's type and
+settings and reads back the envelopes that arrived: ``WebhookDestination`` (a ``webhook`` sink
+named ``hook`` posting to a harness ``Receiver``) or ``MqttDestination`` (an ``mqtt`` sink
+publishing to a Mosquitto that a ``Subscriber`` reads). ``post_load`` plays NetBox: concurrent
+workers, each owning a disjoint set of objects and posting its objects' events in order,
+signed, with no retry (NetBox has none). ``summarize`` compares what ingest acknowledged with
+what the destination got.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
@@ -40,16 +43,22 @@ from schemas.identity import egress_id
 from schemas.topics import Topics
 from tests.conftest import FIXTURE_SECRET, free_port
 from tests.e2e.harness import Receiver
+from tests.sinks.servers.mosquitto import Subscriber
 
 __all__ = [
     "SINK",
     "Delivered",
+    "Destination",
     "Event",
     "FaultPipeline",
+    "MqttDestination",
     "Posted",
     "Progress",
     "StageDied",
     "Summary",
+    "WebhookDestination",
+    "acked_ids",
+    "assert_sound",
     "decode",
     "make_events",
     "seeded",
@@ -58,7 +67,7 @@ __all__ = [
 
 SINK = "hook"
 OBJECT_TYPE = "dcim.device"
-STAGES = ("ingest", "process", "sink")
+STAGES = ("ingest", "process", "sink")  # what start_all starts; add_stage defines others
 # A member killed with SIGKILL keeps its partitions until its session times out, so a restarted
 # worker waits that long before it gets them back. The defaults (librdkafka 45 s, Faust 60 s)
 # would make every kill cost a minute; the guarantees do not depend on the value.
@@ -126,6 +135,7 @@ class Stage:
 
     name: str
     command: list[str]
+    env: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
@@ -136,6 +146,62 @@ class StageDied(AssertionError):
     """A stage exited on its own."""
 
 
+class Destination(Protocol):
+    """Where the pipeline's one sink delivers, and what arrived there."""
+
+    @property
+    def sink(self) -> str:
+        """The sink's name (its topic, group and egress ids derive from it)."""
+        ...
+
+    def sink_config(self) -> dict[str, Any]:
+        """Return the sink's ``type`` and own settings (the pipeline adds the shared ones)."""
+        ...
+
+    def bodies(self, start: int = 0) -> list[bytes]:
+        """Return the delivered envelopes from the ``start``-th on, in arrival order."""
+        ...
+
+
+@dataclass(frozen=True)
+class WebhookDestination:
+    """A ``webhook`` sink posting envelopes to ``path`` of a harness Receiver on ``port``;
+    ``settings`` adds webhook fields (headers, connection pool, ...)."""
+
+    receiver: Receiver
+    port: int
+    sink: str = SINK
+    path: str = "/hook"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def sink_config(self) -> dict[str, Any]:
+        """Return the webhook sink's settings."""
+        return {"type": "webhook", "payload_url": f"http://127.0.0.1:{self.port}{self.path}",
+                **self.settings}
+
+    def bodies(self, start: int = 0) -> list[bytes]:
+        """Return the bodies the receiver got on ``path``."""
+        return [d.body for d in self.receiver.by_path(self.path)[start:]]
+
+
+@dataclass(frozen=True)
+class MqttDestination:
+    """An ``mqtt`` sink publishing with QoS 1 to the Mosquitto on ``port``; ``subscriber`` is
+    subscribed (QoS 1) before any load starts and stays connected, so it misses nothing."""
+
+    port: int
+    subscriber: Subscriber
+    sink: str = "mqtt"
+
+    def sink_config(self) -> dict[str, Any]:
+        """Return the MQTT sink's settings."""
+        return {"type": "mqtt", "host": "127.0.0.1", "port": self.port, "qos": 1}
+
+    def bodies(self, start: int = 0) -> list[bytes]:
+        """Return the payloads the subscriber got."""
+        return [m.payload for m in self.subscriber.messages()[start:]]
+
+
 class FaultPipeline:
     """One test's pipeline: config, stages as processes, load, and log tails for failures."""
 
@@ -144,7 +210,7 @@ class FaultPipeline:
         tmp: Path,
         bootstrap: str,
         prefix: str,
-        receiver_port: int,
+        destination: Destination,
         *,
         retry: Mapping[str, Any] | None = None,
         produce_timeout: float = 10.0,
@@ -154,6 +220,8 @@ class FaultPipeline:
     ) -> None:
         self.tmp = tmp
         self.prefix = prefix
+        self.destination = destination
+        self.sink = destination.sink
         self.topics = Topics(prefix)
         self.ingest_port = free_port()
         self.metrics_port = free_port()
@@ -169,24 +237,21 @@ class FaultPipeline:
             "ingest": {"port": self.ingest_port, "produce_timeout": produce_timeout},
             "processor": {"data_dir": str(tmp / "processor"), "web_port": 0,
                           "commit_interval": commit_interval},
-            "sinks": {SINK: {
-                "type": "webhook", "payload_url": f"http://127.0.0.1:{receiver_port}/hook",
+            "sinks": {self.sink: {
+                **destination.sink_config(),
                 "metrics_port": self.metrics_port, "batch_size": batch_size,
                 "retry": dict(retry or {"initial_delay": 0.05, "max_delay": 1.0,
                                         "max_attempts": 10_000, "max_elapsed": 300}),
             }},
-            "rules": [{"name": "every-object-event", "sinks": [SINK]}],
+            "rules": [{"name": "every-object-event", "sinks": [self.sink]}],
         }
         self.path = tmp / "nbstream.yaml"
         self.path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
         self.settings: Settings = parse_settings(self.config, env={})
-        base = [sys.executable, "-m", "nbstream", "--config", str(self.path),
-                "--log-level", "warning"]
-        self.stages = {
-            "ingest": Stage("ingest", [*base, "ingest"]),
-            "process": Stage("process", [*base, "process"]),
-            "sink": Stage("sink", [*base, "sink", SINK]),
-        }
+        self.stages: dict[str, Stage] = {}
+        self.add_stage("ingest", "ingest")
+        self.add_stage("process", "process", env=PROCESSOR_ENV)
+        self.add_stage("sink", "sink", self.sink)
         self._watermarks: Consumer | None = None
         self._routed = 0
 
@@ -197,6 +262,15 @@ class FaultPipeline:
         self.settings = parse_settings(self.config, env={})
 
     # -- stages ---------------------------------------------------------------------------
+
+    def add_stage(self, name: str, *args: str, env: Mapping[str, str] | None = None,
+                  log_args: Sequence[str] = ("--log-level", "warning")) -> Stage:
+        """Define (or redefine) stage ``name``: ``nbstream <args>`` on this pipeline's config,
+        with ``env`` added to the environment; ``start(name)`` runs it."""
+        command = [sys.executable, "-m", "nbstream", "--config", str(self.path), *log_args,
+                   *args]
+        stage = self.stages[name] = Stage(name, command, dict(env or {}))
+        return stage
 
     def create_topics(self) -> None:
         """Create the topics the config needs (as ``nbstream topics`` would)."""
@@ -209,7 +283,7 @@ class FaultPipeline:
             raise RuntimeError(f"{name} is already running")
         log_path = self.tmp / f"{name}-{stage.starts}.log"
         stage.logs.append(log_path)
-        env = {**os.environ, **(PROCESSOR_ENV if name == "process" else {})}
+        env = {**os.environ, **stage.env}
         with log_path.open("wb") as log:
             stage.proc = subprocess.Popen(stage.command, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env)
@@ -264,7 +338,7 @@ class FaultPipeline:
 
     def tails(self) -> str:
         """Return the log tails of every stage and the topics' offsets, for a failure message."""
-        logs = "\n".join(self.tail(name) for name in STAGES if self.stages[name].logs)
+        logs = "\n".join(self.tail(name) for name, s in self.stages.items() if s.logs)
         return f"{logs}\n{self.offsets()}"
 
     def offsets(self) -> str:
@@ -278,7 +352,8 @@ class FaultPipeline:
         try:
             parts = range(self.settings.kafka.partitions)
             for topic, group in ((self.topics.raw, self.topics.processor_group()),
-                                 (self.topics.sink(SINK), self.topics.sink_group(SINK))):
+                                 (self.topics.sink(self.sink),
+                                  self.topics.sink_group(self.sink))):
                 tps = [TopicPartition(topic, i) for i in parts]
                 ends = [c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps]
                 g = Consumer({"bootstrap.servers": self.settings.kafka.servers,
@@ -319,7 +394,8 @@ class FaultPipeline:
     def sink_metric(self, name: str) -> float:
         """Return the value of sample ``name`` for this sink from the worker's /metrics."""
         text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-        pattern = re.compile(rf'^{re.escape(name)}\{{sink="{SINK}"\}} (\S+)$', re.MULTILINE)
+        pattern = re.compile(rf'^{re.escape(name)}\{{sink="{self.sink}"\}} (\S+)$',
+                             re.MULTILINE)
         match = pattern.search(text)
         return float(match.group(1)) if match else 0.0
 
@@ -378,8 +454,15 @@ class FaultPipeline:
 
     # -- waiting --------------------------------------------------------------------------
 
-    async def wait_delivered(self, receiver: Receiver, source_ids: set[str],
-                             timeout: float) -> int:
+    def deliveries(self) -> list[Delivered]:
+        """Return every delivery so far, decoded, in arrival order."""
+        return decode(self.destination.bodies())
+
+    def summarize(self, posted: Sequence[Posted]) -> Summary:
+        """Return the summary of ``posted`` against what the destination got so far."""
+        return summarize(posted, self.deliveries(), self.sink)
+
+    async def wait_delivered(self, source_ids: set[str], timeout: float) -> int:
         """Wait until every id in ``source_ids`` was delivered; return how many were not.
 
         Returns early with the count still missing after ``timeout`` seconds (the test's
@@ -390,10 +473,10 @@ class FaultPipeline:
         seen = 0
         while True:
             self.check_alive()
-            new = receiver.by_path("/hook")[seen:]
+            new = self.destination.bodies(seen)
             seen += len(new)
-            for d in new:
-                missing.discard(str(json.loads(d.body)["source_id"]))
+            for body in new:
+                missing.discard(str(json.loads(body)["source_id"]))
             if not missing or time.monotonic() > deadline:
                 return len(missing)
             await asyncio.sleep(0.2)
@@ -403,7 +486,7 @@ class FaultPipeline:
         if self._watermarks is None:
             self._watermarks = Consumer({"bootstrap.servers": self.settings.kafka.servers,
                                          "group.id": f"{self.prefix}watermarks"})
-        topic = self.topics.sink(SINK)
+        topic = self.topics.sink(self.sink)
         try:
             self._routed = sum(
                 self._watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
@@ -424,19 +507,19 @@ class FaultPipeline:
 
 
 class Progress:
-    """Counts the distinct events a receiver got, reading only the new deliveries each time."""
+    """Counts the distinct events a destination got, reading only the new deliveries each
+    time."""
 
-    def __init__(self, receiver: Receiver) -> None:
-        self.receiver = receiver
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
         self.seen = 0
         self.ids: set[str] = set()
 
     def unique(self) -> int:
         """Return how many distinct source ids were delivered so far."""
-        with self.receiver.lock:
-            new = self.receiver.deliveries[self.seen:]
+        new = self.destination.bodies(self.seen)
         self.seen += len(new)
-        self.ids.update(d.headers.get("X-NBStream-Source-Id", "") for d in new)
+        self.ids.update(str(json.loads(body)["source_id"]) for body in new)
         return len(self.ids)
 
 
@@ -479,13 +562,14 @@ class Summary:
                 f"duplicates={self.duplicates} lost={self.lost}")
 
 
-def summarize(posted: Sequence[Posted], deliveries: Sequence[Delivered]) -> Summary:
+def summarize(posted: Sequence[Posted], deliveries: Sequence[Delivered],
+              sink: str = SINK) -> Summary:
     """Compare what ingest acknowledged with what was delivered.
 
     - delivered: distinct source ids received; duplicates: deliveries beyond the first;
       lost: acknowledged (202) source ids never delivered.
     - every delivery of a source id carries the egress_id of its first delivery (which is the
-      uuid5 of the source id and the sink name);
+      uuid5 of the source id and the name of the ``sink``);
     - per object, first deliveries arrive in increasing ``seq``, and the last delivered state is
       the newest event delivered, no older than the last acknowledged one.
     """
@@ -503,7 +587,7 @@ def summarize(posted: Sequence[Posted], deliveries: Sequence[Delivered]) -> Summ
                                   f"{first[d.source_id].egress_id}")
         else:
             first[d.source_id] = d
-            if d.egress_id != egress_id(d.source_id, SINK):
+            if d.egress_id != egress_id(d.source_id, sink):
                 mismatches.append(f"{d.source_id}: egress_id {d.egress_id} is not derived")
             first_seqs.setdefault(d.obj, []).append(d.seq)
         last_seq[d.obj] = d.seq
@@ -529,6 +613,18 @@ def summarize(posted: Sequence[Posted], deliveries: Sequence[Delivered]) -> Summ
         egress_mismatches=mismatches,
         order_violations=violations,
     )
+
+
+def acked_ids(posted: Iterable[Posted]) -> set[str]:
+    """Return the source ids ingest acknowledged with 202."""
+    return {p.source_id for p in posted if p.status == 202 and p.source_id}
+
+
+def assert_sound(summary: Summary, pipeline: FaultPipeline) -> None:
+    """Assert lost=0, egress ids of duplicates, and per-object order."""
+    assert summary.lost == 0, f"{summary.line()}\n{pipeline.tails()}"
+    assert not summary.egress_mismatches, summary.egress_mismatches[:10]
+    assert not summary.order_violations, summary.order_violations[:10]
 
 
 def seeded(seed: int | None = None) -> tuple[int, random.Random]:

@@ -16,21 +16,19 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from nbstream.kafka_local import LocalBroker
-from tests.e2e.harness import Receiver
-from tests.faults.pipeline import FaultPipeline, Summary, decode, make_events, summarize
+from tests.faults.pipeline import FaultPipeline, Summary, WebhookDestination, make_events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
 
 async def test_record_reprocessed_after_a_crash_is_not_its_own_duplicate(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Callable[..., FaultPipeline],
+    hook: WebhookDestination, pipelines: Callable[..., FaultPipeline],
     report: Callable[[str, Summary, str], None],
 ) -> None:
     """Route 20 events without committing, kill -9 the processor once their dedup entries are
     on the changelog, restart it committing normally: all 20 are delivered."""
-    rec, port = receiver
-    p = pipelines(tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port,
+    p = pipelines(tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook,
                   commit_interval=3600.0)
     p.create_topics()
     p.start_all()
@@ -61,8 +59,8 @@ async def test_record_reprocessed_after_a_crash_is_not_its_own_duplicate(
     p.kill("process")
     p.update("processor", commit_interval=0.05)
     p.start("process")
-    await p.wait_delivered(rec, {x.source_id for x in posted if x.source_id}, timeout=120)
-    s = summarize(posted, decode(d.body for d in rec.by_path("/hook")))
+    await p.wait_delivered({x.source_id for x in posted if x.source_id}, timeout=120)
+    s = p.summarize(posted)
     report("dedup after processor kill -9 before commit", s, "")
     assert s.lost == 0 and s.delivered == len(events)
     assert not s.order_violations

@@ -1,9 +1,10 @@
 """Fault suite (issue 4): the pipeline loses nothing that ingest acknowledged, under kill -9 of a
 stage, a broker outage, a failing or rejecting destination, poison records and repeated webhooks.
 
-Every test runs ingest, processor and the ``hook`` webhook sink as real processes on a real
-broker, posts NetBox-shaped webhooks like NetBox does (per object in order, no retry), prints
-one ``sent=… acknowledged=… delivered=… duplicates=… lost=…`` line and asserts ``lost=0``, that
+Every test runs ingest, processor and the ``hook`` webhook sink (fault (a) also an ``mqtt`` sink
+publishing to Mosquitto) as real processes on a real broker, posts NetBox-shaped webhooks like
+NetBox does (per object in order, no retry), prints one
+``sent=… acknowledged=… delivered=… duplicates=… lost=…`` line and asserts ``lost=0``, that
 every duplicate carries the egress_id of its first delivery and that per-object order holds.
 Fault timing is random but reproducible: each test prints its seed; set
 ``NBSTREAM_FAULT_SEED`` to replay one.
@@ -16,7 +17,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,18 @@ from producers.kafka_producer import KafkaProducer, ProduceError, producer_confi
 from schemas.config import parse_settings
 from schemas.topics import Topics
 from tests.conftest import free_port
-from tests.e2e.harness import Receiver
 from tests.faults.pipeline import (
-    Delivered,
+    Destination,
     FaultPipeline,
+    MqttDestination,
     Posted,
     Progress,
     Summary,
-    decode,
+    WebhookDestination,
+    acked_ids,
+    assert_sound,
     make_events,
     seeded,
-    summarize,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -51,27 +53,10 @@ Build = Callable[..., FaultPipeline]
 Report = Callable[[str, Summary, str], None]
 
 
-def deliveries(receiver: Receiver) -> list[Delivered]:
-    """Return every delivery so far, decoded, in arrival order."""
-    return decode(d.body for d in receiver.by_path("/hook"))
-
-
-def acked_ids(posted: list[Posted]) -> set[str]:
-    """Return the source ids ingest acknowledged with 202."""
-    return {p.source_id for p in posted if p.status == 202 and p.source_id}
-
-
-def assert_sound(summary: Summary, pipeline: FaultPipeline) -> None:
-    """Assert lost=0, egress ids of duplicates, and per-object order."""
-    assert summary.lost == 0, f"{summary.line()}\n{pipeline.tails()}"
-    assert not summary.egress_mismatches, summary.egress_mismatches[:10]
-    assert not summary.order_violations, summary.order_violations[:10]
-
-
-async def start(build: Build, tmp_path: Path, servers: str, prefix: str, port: int,
-                **kwargs: Any) -> FaultPipeline:
+async def start(build: Build, tmp_path: Path, servers: str, prefix: str,
+                destination: Destination, **kwargs: Any) -> FaultPipeline:
     """Create topics, start every stage, wait for ingest to be ready."""
-    p = build(tmp_path, servers, prefix, port, **kwargs)
+    p = build(tmp_path, servers, prefix, destination, **kwargs)
     p.create_topics()
     p.start_all()
     await p.wait_ingest_ready()
@@ -79,7 +64,7 @@ async def start(build: Build, tmp_path: Path, servers: str, prefix: str, port: i
 
 
 async def kill_under_load(
-    p: Any, rec: Receiver, events: list[Any], stage: str, marks: list[float],
+    p: Any, events: list[Any], stage: str, marks: list[float],
     delays: list[float], reached: Callable[[float], bool], what: str,
 ) -> Any:
     """Post ``events``; each time ``reached(mark)``, wait ``delay`` then kill -9 and restart
@@ -98,48 +83,68 @@ async def kill_under_load(
         posted = await load
     finally:
         load.cancel()
-    await p.wait_delivered(rec, acked_ids(posted), timeout=120)
+    await p.wait_delivered(acked_ids(posted), timeout=120)
     await asyncio.sleep(1.0)  # anything extra (a duplicate) would arrive now
     return posted
 
 
+@pytest.fixture
+def sink_worker_kills(
+    kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path, pipelines: Build,
+    report: Report,
+) -> Callable[[Destination, str], Awaitable[None]]:
+    """Fault (a) against a destination: kill -9 the sink worker three times while 10,000
+    events flow, restarting it each time; report the outcome under a label and check it."""
+
+    async def run(destination: Destination, label: str) -> None:
+        seed, rnd = seeded()
+        p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix,
+                        destination)
+        events = make_events(range(1, 201), 50, p.run)
+        total = len(events)
+        # Kill when a random share of the events was delivered, in three spread bands.
+        marks = [rnd.uniform(lo, hi) for lo, hi in ((0.08, 0.3), (0.38, 0.6), (0.68, 0.9))]
+        delays = [rnd.uniform(0, 0.25) for _ in marks]
+        progress = Progress(p.destination)
+
+        def delivered_share(mark: float) -> bool:
+            return progress.unique() >= mark * total
+
+        posted = await kill_under_load(p, events, "sink", marks, delays, delivered_share,
+                                       "delivered")
+        s = p.summarize(posted)
+        report(label, s, f"seed={seed}, kills at "
+               + ", ".join(f"{m:.0%}" for m in marks) + " delivered")
+        assert s.acknowledged == s.sent == total
+        assert p.stages["sink"].kills == 3
+        assert_sound(s, p)
+
+    return run
+
+
 async def test_a_sink_worker_killed_and_restarted(
-    kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, sink_worker_kills: Callable[[Destination, str], Awaitable[None]],
 ) -> None:
-    """kill -9 the sink worker three times while 10,000 events flow: every event delivered,
-    duplicates with their first egress_id, per-object order kept."""
-    rec, port = receiver
-    seed, rnd = seeded()
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
-    events = make_events(range(1, 201), 50, p.run)
-    total = len(events)
-    # Kill when a random share of the events was delivered, in three spread bands.
-    marks = [rnd.uniform(lo, hi) for lo, hi in ((0.08, 0.3), (0.38, 0.6), (0.68, 0.9))]
-    delays = [rnd.uniform(0, 0.25) for _ in marks]
-    progress = Progress(rec)
+    """kill -9 the webhook sink worker three times while 10,000 events flow: every event
+    delivered, duplicates with their first egress_id, per-object order kept."""
+    await sink_worker_kills(hook, "a: sink worker kill -9 x3")
 
-    def delivered_share(mark: float) -> bool:
-        return progress.unique() >= mark * total
 
-    posted = await kill_under_load(p, rec, events, "sink", marks, delays, delivered_share,
-                                   "delivered")
-    s = summarize(posted, deliveries(rec))
-    report("a: sink worker kill -9 x3", s, f"seed={seed}, kills at "
-           + ", ".join(f"{m:.0%}" for m in marks) + " delivered")
-    assert s.acknowledged == s.sent == total
-    assert p.stages["sink"].kills == 3
-    assert_sound(s, p)
+async def test_a_mqtt_sink_worker_killed_and_restarted(
+    mqtt: MqttDestination, sink_worker_kills: Callable[[Destination, str], Awaitable[None]],
+) -> None:
+    """Fault (a) against a cloud sink: the ``mqtt`` sink publishing with QoS 1 to a real
+    Mosquitto, read by a QoS 1 subscriber connected throughout; the same guarantees."""
+    await sink_worker_kills(mqtt, "a: mqtt sink worker kill -9 x3")
 
 
 async def test_b_processor_killed_and_restarted(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, pipelines: Build, report: Report,
 ) -> None:
     """kill -9 the processor twice mid-stream while 10,000 events flow: the same guarantees."""
-    rec, port = receiver
     seed, rnd = seeded()
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
+    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook)
     events = make_events(range(1, 201), 50, p.run)
     total = len(events)
     # Kill when the processor has published a random share of the stream to the sink topic.
@@ -149,9 +154,8 @@ async def test_b_processor_killed_and_restarted(
     def progressed(mark: float) -> bool:
         return p.routed() >= mark * total
 
-    posted = await kill_under_load(p, rec, events, "process", marks, delays, progressed,
-                                   "routed")
-    s = summarize(posted, deliveries(rec))
+    posted = await kill_under_load(p, events, "process", marks, delays, progressed, "routed")
+    s = p.summarize(posted)
     report("b: processor kill -9 x2", s, f"seed={seed}, kills at "
            + ", ".join(f"{m:.0%}" for m in marks) + " routed")
     assert s.acknowledged == s.sent == total
@@ -160,18 +164,17 @@ async def test_b_processor_killed_and_restarted(
 
 
 async def test_c_broker_stopped_during_ingest_load(
-    topic_prefix: str, tmp_path: Path, receiver: tuple[Receiver, int], pipelines: Build,
+    topic_prefix: str, tmp_path: Path, hook: WebhookDestination, pipelines: Build,
     report: Report,
 ) -> None:
     """Stop the broker (its own, not the session's) during ingest load and start it again:
     every 202-acknowledged event is delivered; what ingest answered while the broker was down
     is 503 with Retry-After, and /readyz was 503 meanwhile."""
-    rec, port = receiver
     seed, rnd = seeded()
     broker = LocalBroker(data_dir=tmp_path / "kafka", port=free_port(),
                          controller_port=free_port(), heap="512m")
     await asyncio.to_thread(broker.start, 120)
-    p = pipelines(tmp_path, broker.bootstrap_servers, topic_prefix, port, produce_timeout=2.0)
+    p = pipelines(tmp_path, broker.bootstrap_servers, topic_prefix, hook, produce_timeout=2.0)
     try:
         p.create_topics()
         p.start_all()
@@ -211,9 +214,9 @@ async def test_c_broker_stopped_during_ingest_load(
             load_done.set()
             await watcher
         await p.wait_ingest_ready(timeout=60)  # ready again once the broker is back
-        await p.wait_delivered(rec, acked_ids(posted), timeout=240)
+        await p.wait_delivered(acked_ids(posted), timeout=240)
         await asyncio.sleep(1.0)
-        s = summarize(posted, deliveries(rec))
+        s = p.summarize(posted)
         refused = [x for x in posted if x.status == 503]
         stopping = outage["down"] - outage["stopping"]
         starting = outage["up"] - outage["starting"]
@@ -265,13 +268,13 @@ async def test_c_ingest_backlog_is_bounded(tmp_path: Path) -> None:
 
 async def test_d_destination_unavailable_for_30s(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, pipelines: Build, report: Report,
 ) -> None:
     """The destination answers 503 for 30 s, then recovers: all delivered, retries counted,
     nothing dead-lettered."""
-    rec, port = receiver
+    rec = hook.receiver
     rec.status = 503
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
+    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook)
     events = make_events(range(1, 41), 50, p.run)
     recovers_at = time.monotonic() + 30.0
     posted = await p.post_load(events)
@@ -280,11 +283,11 @@ async def test_d_destination_unavailable_for_30s(
     assert not rec.by_path("/hook"), "delivered while the destination answered 503"
     refused_before = rec.rejected
     rec.status = 200
-    await p.wait_delivered(rec, acked_ids(posted), timeout=180)
+    await p.wait_delivered(acked_ids(posted), timeout=180)
     await asyncio.sleep(1.0)
     retried = p.sink_metric("nbstream_sink_retried_total")
     letters = await asyncio.to_thread(lambda: list(read_letters(p.settings, "hook")))
-    s = summarize(posted, deliveries(rec))
+    s = p.summarize(posted)
     report("d: destination 503 for 30 s", s,
            f"503s answered={refused_before}, nbstream_sink_retried_total={retried:.0f}, "
            f"dead letters={len(letters)}")
@@ -296,22 +299,22 @@ async def test_d_destination_unavailable_for_30s(
 
 async def test_e_destination_rejects_some_records(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, pipelines: Build, report: Report,
 ) -> None:
     """The destination answers 400 for some objects: their records are dead-lettered with the
     error, all others delivered; after the destination is fixed, `nbstream dlq replay`
     delivers the rest."""
-    rec, port = receiver
+    rec = hook.receiver
     rejected_objs = {3, 11, 19, 27, 35}
     rec.status_for = lambda body: (
         400 if json.loads(body)["message"]["data"]["id"] in rejected_objs else 200)
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
+    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook)
     events = make_events(range(1, 41), 50, p.run)
     posted = await p.post_load(events)
     acked = acked_ids(posted)
     rejected = {x.source_id for x in posted
                 if x.source_id and x.event.obj in rejected_objs}
-    await p.wait_delivered(rec, acked - rejected, timeout=180)
+    await p.wait_delivered(acked - rejected, timeout=180)
 
     letters: list[Letter] = []
 
@@ -326,7 +329,7 @@ async def test_e_destination_rejects_some_records(
         assert x.letter.error_class == "permanent", x.letter
         assert "400" in x.letter.error_message, x.letter.error_message
         assert x.letter.attempts == 1
-    assert not {d.source_id for d in deliveries(rec)} & rejected
+    assert not {d.source_id for d in p.deliveries()} & rejected
 
     rec.status_for = None  # the destination is fixed
     out = io.StringIO()
@@ -337,7 +340,7 @@ async def test_e_destination_rejects_some_records(
 
     assert await asyncio.to_thread(replay) == 0, out.getvalue()[-2000:]
     assert f"{len(rejected)} delivered, 0 failed" in out.getvalue()
-    s = summarize(posted, deliveries(rec))
+    s = p.summarize(posted)
     report("e: destination 400 for 5 of 40 objects, then dlq replay", s,
            f"dead-lettered={len(letters)}, replayed={len(rejected)}")
     assert s.acknowledged == s.sent == len(events)
@@ -346,12 +349,11 @@ async def test_e_destination_rejects_some_records(
 
 async def test_f_corrupt_record_in_the_raw_topic(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, pipelines: Build, report: Report,
 ) -> None:
     """Garbage written straight into the raw topic, between valid events of the same objects,
     lands in the invalid topic with its error, and the stream goes on."""
-    rec, port = receiver
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
+    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook)
     events = make_events(range(1, 21), 50, p.run)
     half = len(events) // 2
     posted = await p.post_load(events[:half])
@@ -366,7 +368,7 @@ async def test_f_corrupt_record_in_the_raw_topic(
         producer.produce(p.topics.raw, value=value, key=key)
     assert producer.flush(30) == 0
     posted += await p.post_load(events[half:])
-    await p.wait_delivered(rec, acked_ids(posted), timeout=180)
+    await p.wait_delivered(acked_ids(posted), timeout=180)
 
     found: dict[bytes, dict[str, bytes]] = {}
 
@@ -394,7 +396,7 @@ async def test_f_corrupt_record_in_the_raw_topic(
         return set(found) >= set(garbage)
 
     await p.wait_for(read_invalid, 60, "the corrupt records in the invalid topic")
-    s = summarize(posted, deliveries(rec))
+    s = p.summarize(posted)
     report("f: corrupt records in the raw topic", s,
            f"invalid={len(found)} (of {len(garbage)} written)")
     for key, value in garbage.items():
@@ -408,19 +410,18 @@ async def test_f_corrupt_record_in_the_raw_topic(
 
 async def test_g_same_signed_webhook_posted_twice(
     kafka_broker: LocalBroker, topic_prefix: str, tmp_path: Path,
-    receiver: tuple[Receiver, int], pipelines: Build, report: Report,
+    hook: WebhookDestination, pipelines: Build, report: Report,
 ) -> None:
     """Each signed webhook posted twice, and once more after a pause: one delivery each."""
-    rec, port = receiver
-    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, port)
+    p = await start(pipelines, tmp_path, kafka_broker.bootstrap_servers, topic_prefix, hook)
     events = make_events(range(1, 31), 4, p.run)
     twice = [ev for ev in events for _ in range(2)]
     posted = await p.post_load(twice)
     await asyncio.sleep(2.0)
     posted += await p.post_load(events)
-    await p.wait_delivered(rec, acked_ids(posted), timeout=120)
+    await p.wait_delivered(acked_ids(posted), timeout=120)
     await asyncio.sleep(3.0)  # a duplicate would arrive by now
-    s = summarize(posted, deliveries(rec))
+    s = p.summarize(posted)
     report("g: same signed webhook posted 3 times", s, f"events={len(events)}")
     by_event: dict[tuple[int, int], set[str | None]] = {}
     for x in posted:
