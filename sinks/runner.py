@@ -17,8 +17,13 @@ Guarantees (DESIGN §9), stated once here:
 - **Shutdown.** ``stop()`` lets the in-flight batch finish within ``shutdown_timeout``, or
   abandons it without storing its unresolved records, then commits the stored offsets and
   closes the consumer (leaving the group).
-- **Rebalance.** On revocation the stored offsets are committed at once, and records of
-  revoked partitions still in flight are never stored afterwards.
+- **Rebalance.** On revocation the in-flight write of revoked partitions' records gets
+  ``revoke_timeout`` to finish (the callback waits for it, the partitions stay assigned
+  meanwhile); what it resolved is stored and committed with the rest before the partitions
+  go. A write still running then is cancelled and its records of the revoked partitions are
+  abandoned uncommitted, for the new owner to deliver again. Either way the worker sends no
+  record of a revoked partition after it let the partition go, so the two owners' deliveries
+  of one object never interleave.
 
 All consumer calls run on one dedicated thread, one call per batch, so librdkafka's blocking
 calls never stall the event loop and rebalance callbacks never race the offset bookkeeping.
@@ -31,11 +36,13 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -244,6 +251,7 @@ class SinkRunner:
         registry: CollectorRegistry | None = None,
         serde: Serde | None = None,
         shutdown_timeout: float = 10.0,
+        revoke_timeout: float | None = None,
         keepalive_interval: float = 1.0,
         stats_interval: float = 5.0,
         logger: logging.Logger | None = None,
@@ -263,6 +271,7 @@ class SinkRunner:
         )
         self.metrics = SinkMetrics(registry if registry is not None else CollectorRegistry(), name)
         self._shutdown_timeout = shutdown_timeout
+        self._revoke_timeout = shutdown_timeout if revoke_timeout is None else revoke_timeout
         self._keepalive_interval = keepalive_interval
         self._stats_interval = stats_interval
         self._log = logger or logging.getLogger(f"sinks.runner.{name}")
@@ -278,9 +287,16 @@ class SinkRunner:
         self._deadline = float("inf")
         self._started = False
         # Partition bookkeeping, written by rebalance callbacks on the consumer thread and read
-        # on the loop only after the consumer call that ran them has returned.
+        # on the loop only after the consumer call that ran them has returned — except while a
+        # batch is in flight: then _step() and _on_revoke() meet under _step_lock (the loop
+        # decides which records a write includes, the callback revokes and waits for writes).
         self._owned: set[TP] = set()
         self._generation: dict[TP, int] = {}
+        self._step_lock = threading.Condition()
+        self._writing: frozenset[TP] = frozenset()  # partitions of the write in progress
+        self._write_task: asyncio.Future[None] | None = None
+        self._revoked_write: asyncio.Future[None] | None = None  # a write revocation cancelled
+        self._in_flight: list[_Item] = []  # the batch being resolved
         self._paused = False
         self._held: deque[_Item] = deque()
         self._offset_lag: dict[TP, int] = {}
@@ -470,21 +486,53 @@ class SinkRunner:
         self._log.info("partitions assigned", extra={
             "sink": self.name, "partitions": [tp.partition for tp in partitions]})
 
-    def _forget(self, partitions: list[Any]) -> None:
-        """Drop ownership of ``partitions`` so their in-flight records are never stored."""
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            self._owned.discard(key)
-            self._generation[key] = self._generation.get(key, 0) + 1
-            self._offset_lag.pop(key, None)
-            self._oldest.pop(key, None)
+    def _forget(self, partitions: list[Any]) -> set[TP]:
+        """Drop ownership of ``partitions``: no later write includes their records and the
+        loop stores none of them; return their keys."""
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        with self._step_lock:
+            for key in keys:
+                self._owned.discard(key)
+                self._generation[key] = self._generation.get(key, 0) + 1
+                self._offset_lag.pop(key, None)
+                self._oldest.pop(key, None)
+        return keys
+
+    def _settle(self, revoked: set[TP]) -> bool:
+        """Wait until no write includes records of ``revoked``: ``revoke_timeout`` for the one
+        in progress to end, then cancel it. Return whether it had to be cancelled."""
+        with self._step_lock:
+            if self._step_lock.wait_for(lambda: not self._writing & revoked,
+                                        self._revoke_timeout):
+                return False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._cancel_write, self._write_task)
+        with self._step_lock:
+            if not self._step_lock.wait_for(lambda: not self._writing & revoked, 5.0):
+                self._log.error("in-flight write ignored its cancellation; it may still deliver "
+                                "records of revoked partitions", extra={"sink": self.name})
+        return True
+
+    def _cancel_write(self, task: asyncio.Future[None] | None) -> None:
+        """On the loop: cancel ``task`` if it is still the write in progress."""
+        if task is not None and task is self._write_task and not task.done():
+            self._revoked_write = task
+            task.cancel()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        """Commit what was stored before the partitions go, then forget them."""
+        """Let the in-flight write of the revoked partitions end within the bound (or cancel
+        it), store what it resolved in order, commit every stored offset, and let them go."""
+        revoked = self._forget(partitions)
+        cancelled = self._settle(revoked)
+        in_flight = [i for i in self._in_flight if i.tp in revoked]
+        upto = self._resolved(in_flight, lambda _: True)
+        self._store_offsets(consumer, upto)
         self._commit_stored(consumer)
-        self._forget(partitions)
-        self._log.info("partitions revoked", extra={
-            "sink": self.name, "partitions": [tp.partition for tp in partitions]})
+        finished = sum(1 for i in in_flight if i.offset < upto.get(i.tp, -1))
+        self._log.log(logging.WARNING if cancelled else logging.INFO, "partitions revoked", extra={
+            "sink": self.name, "partitions": [tp.partition for tp in partitions],
+            "in_flight": len(in_flight), "finished": finished,
+            "abandoned": len(in_flight) - finished, "write_cancelled": cancelled})
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         """Forget partitions lost without a clean revoke (their offsets can't be committed)."""
@@ -564,6 +612,7 @@ class SinkRunner:
             if ts_ms > 0 and item.tp not in self._oldest:
                 self._oldest[item.tp] = ts_ms / 1000
         done = asyncio.Event()
+        self._in_flight = items
         keepalive = asyncio.create_task(self._keepalive(done))
         try:
             invalid = self._decode(items)
@@ -575,6 +624,7 @@ class SinkRunner:
             await keepalive
             if self._paused:
                 await self._call(self._resume)
+            self._in_flight = []
             self._store(items)
             for item in items:
                 self._oldest.pop(item.tp, None)
@@ -618,41 +668,49 @@ class SinkRunner:
         ]
 
     async def _deliver(self, items: list[_Item]) -> None:
-        """Write ``items`` until each is delivered or dead-lettered; raise _Abandoned."""
+        """Write ``items`` until each is delivered or dead-lettered; raise _Abandoned.
+
+        Records of partitions revoked meanwhile are left out of every later attempt (their new
+        owner delivers them again); see ``_step``.
+        """
         pending = items
         while pending:
-            failures, not_attempted = await self._write(pending)
-            now_wall, now_mono = self._now(), time.monotonic()
-            to_dlq: list[_Item] = []
-            retry: list[_Item] = []
-            delivered = 0
-            for item in pending:
-                err = failures.get(item)
-                if err is None:
-                    item.done = True
-                    delivered += 1
-                    continue
-                if item in not_attempted:
-                    retry.append(item)  # held back behind its object's failed record
-                    continue
-                item.attempts += 1
-                item.error = err
-                item.last_failure = now_wall
-                if item.first_failure is None:
-                    item.first_failure = now_wall
-                    item.first_failure_monotonic = now_mono
-                if isinstance(err, PermanentError):
-                    self.metrics.failed_permanent.inc()
-                    to_dlq.append(item)
-                else:
-                    self.metrics.failed_retryable.inc()
-                    if self._retry.exhausted(item.attempts, item.first_failure_monotonic, now_mono):
+            with self._step(pending) as pending:
+                if not pending:
+                    return
+                failures, not_attempted = await self._write(pending)
+                now_wall, now_mono = self._now(), time.monotonic()
+                to_dlq: list[_Item] = []
+                retry: list[_Item] = []
+                delivered = 0
+                for item in pending:
+                    err = failures.get(item)
+                    if err is None:
+                        item.done = True
+                        delivered += 1
+                        continue
+                    if item in not_attempted:
+                        retry.append(item)  # held back behind its object's failed record
+                        continue
+                    item.attempts += 1
+                    item.error = err
+                    item.last_failure = now_wall
+                    if item.first_failure is None:
+                        item.first_failure = now_wall
+                        item.first_failure_monotonic = now_mono
+                    if isinstance(err, PermanentError):
+                        self.metrics.failed_permanent.inc()
                         to_dlq.append(item)
                     else:
-                        retry.append(item)
-            self.metrics.delivered.inc(delivered)
-            if to_dlq:
-                await self._dead_letter(to_dlq)
+                        self.metrics.failed_retryable.inc()
+                        if self._retry.exhausted(item.attempts, item.first_failure_monotonic,
+                                                 now_mono):
+                            to_dlq.append(item)
+                        else:
+                            retry.append(item)
+                self.metrics.delivered.inc(delivered)
+                if to_dlq:
+                    await self._dead_letter(to_dlq)
             if not retry:
                 return
             self.metrics.retried.inc(len(retry))
@@ -666,17 +724,45 @@ class SinkRunner:
             )
             self._log.warning("retrying records", extra={
                 "sink": self.name, "records": len(retry), "delay": round(delay, 3),
-                "error": str(retry[0].error)})
+                "error": str(retry[0].error or failures.get(retry[0]))})
             await self._sleep(delay)
             pending = retry
+
+    @contextmanager
+    def _step(self, items: list[_Item]) -> Iterator[list[_Item]]:
+        """Yield the ``items`` whose partitions are still owned, and mark those partitions as
+        being written until the block ends (a write, its outcome and its dead letters).
+
+        Deciding which records the step includes and revoking partitions happen under one
+        lock, so a revocation either comes first (its records are left out) or sees the step
+        and waits for it to end (``_on_revoke``).
+        """
+        with self._step_lock:
+            current = [i for i in items if self._current(i)]
+            self._writing = frozenset(i.tp for i in current)
+        try:
+            yield current
+        finally:
+            with self._step_lock:
+                self._writing = frozenset()
+                self._step_lock.notify_all()
 
     async def _write(self, items: list[_Item]) -> tuple[dict[_Item, SinkError], set[_Item]]:
         """Call ``write_batch`` once; return the failures and the held-back items among them."""
         records = [i.record for i in items if i.record is not None]
         started = time.perf_counter()
+        task = self._write_task = asyncio.ensure_future(self.sink.write_batch(records))
         try:
-            await self._bounded(self.sink.write_batch(records))
+            await self._bounded(task)
             return {}, set()
+        except asyncio.CancelledError:
+            if self._revoked_write is not task:
+                raise
+            # A revocation outlasted its bound and cancelled the write: which records got
+            # through is unknown. Those of revoked partitions are now their new owner's; the
+            # others are sent again (attempts are not counted: the destination did not fail).
+            abandoned = RetryableError("write abandoned: its partitions were revoked")
+            return dict.fromkeys(items, abandoned), set(items)
         except PartialBatchError as err:
             if not all(0 <= i < len(items) for i in err.failed):
                 # The sink named a record it was never given, so which ones failed is unknown:
@@ -697,6 +783,7 @@ class SinkRunner:
             wrapped = RetryableError(f"{type(err).__name__}: {err}")
             return dict.fromkeys(items, wrapped), set()
         finally:
+            self._write_task = self._revoked_write = None
             self.metrics.delivery_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(records))
 
@@ -767,19 +854,28 @@ class SinkRunner:
 
     def _store(self, items: Sequence[_Item]) -> None:
         """Store, per partition, the offset after the last record resolved in order."""
+        self._store_offsets(self._consumer, self._resolved(items, self._current))
+
+    @staticmethod
+    def _resolved(items: Iterable[_Item], owned: Callable[[_Item], bool]) -> dict[TP, int]:
+        """Return, per partition, the offset after the last of ``items`` resolved in order."""
         upto: dict[TP, int] = {}
         blocked: set[TP] = set()
         for item in items:
             if item.tp in blocked:
                 continue
-            if item.done and self._current(item):
+            if item.done and owned(item):
                 upto[item.tp] = item.offset + 1
             else:
                 blocked.add(item.tp)
+        return upto
+
+    def _store_offsets(self, consumer: Any, upto: Mapping[TP, int]) -> None:
+        """Store ``upto`` (the next offset per partition) for the next commit."""
         if not upto:
             return
         try:
-            self._consumer.store_offsets(
+            consumer.store_offsets(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in upto.items()]
             )
         except KafkaException as err:
@@ -789,7 +885,7 @@ class SinkRunner:
 
     # -- waiting with a shutdown bound ----------------------------------------------------
 
-    async def _bounded(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def _bounded(self, coro: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
         """Await ``coro``; once stop() was called, give it until the deadline, then cancel."""
         task = asyncio.ensure_future(coro)
         try:
