@@ -27,8 +27,11 @@ from benchmarks.common import (
     unique_templates,
 )
 from benchmarks.stats import Figure
+from processors.routing import RecordFactory
+from processors.rules import RuleEngine
 from producers.normalize import normalize
-from schemas.config import NetBoxSettings, Settings
+from schemas.config import NetBoxSettings, Settings, parse_settings
+from schemas.records import NetBoxEvent
 from schemas.serde import make_serde
 from schemas.topics import Topics
 from tests.e2e.harness import assert_alive, nbstream_processes
@@ -137,6 +140,22 @@ def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, b
     return processed / elapsed, cpu / processed * 1e6
 
 
+def logic_rate(count: int, records: list[tuple[bytes, bytes]]) -> float:
+    """Return events/s of nbstream's own per-event work without Faust: decode, match ``count``
+    rules, build and encode the sink records (what the agent does between Faust's calls)."""
+    engine = RuleEngine(parse_settings({"rules": rules(count), "sinks": {
+        "bench": {"type": "file", "path": "unused"}}}, env={}).rules)
+    factory = RecordFactory("bench", "https://example.invalid/{event_type}", "0.0.0")
+    serde = make_serde(None)
+    started = time.process_time()
+    for _, value in records:
+        nb = NetBoxEvent.from_dict(serde.decode("NetBoxEvent", value))
+        match = engine.match(nb.object_type, nb.event_type, nb.data)
+        for record in factory.records(nb, match):
+            serde.encode("SinkRecord", record.to_dict(), "bench")
+    return len(records) / (time.process_time() - started)
+
+
 def run(bench: Bench) -> list[Figure]:
     """Measure every (workers, rules) case; return events/s and CPU per event figures."""
     count = 3_000 if bench.quick else 60_000
@@ -156,4 +175,11 @@ def run(bench: Bench) -> list[Figure]:
                               tuple(c for _, c in results), notes=notes))
         bench.say(f"processor {case}: {figures[-2].median:,.0f} events/s, "
                   f"{figures[-1].median:,.0f} µs CPU per event")
+    for n in (1, 100):
+        rates = tuple(logic_rate(n, records) for _ in range(bench.runs))
+        figures.append(Figure("processor", f"logic only, {n} rule{'s' if n > 1 else ''}",
+                              "events", "events/s", rates, notes={
+                                  "what": "decode, match, build and encode per event, in one "
+                                          "process, no Faust and no broker (CPU time)"}))
+        bench.say(f"processor logic only, {n} rules: {figures[-1].median:,.0f} events/s")
     return figures

@@ -14,6 +14,8 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
+from collections import deque
 from functools import partial
 from typing import Any, Protocol
 
@@ -141,6 +143,39 @@ def _settle(reports: list[Report]) -> None:
             fut.set_exception(_error(err))
 
 
+class _DeadlineGuard:
+    """Fails the produce futures of one event loop whose delivery report is overdue.
+
+    Every record gets the same deadline, so the futures expire in the order they were produced:
+    one queue and one timer per loop replace a timer per record (``asyncio.timeout`` per
+    ``produce`` cost a heap push and a cancelled handle per record, measurable at 10k/s).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._loop = loop
+        self._deadline = deadline
+        self._queue: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, fut: asyncio.Future[None]) -> None:
+        """Fail ``fut`` with a timeout ProduceError unless it is done within the deadline."""
+        self._queue.append((self._loop.time() + self._deadline, fut))
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._queue[0][0], self._expire)
+
+    def _expire(self) -> None:
+        """Fail the overdue futures, drop the settled ones, re-arm for the oldest left."""
+        self._timer = None
+        queue, now = self._queue, self._loop.time()
+        while queue and (queue[0][1].done() or queue[0][0] <= now):
+            _, fut = queue.popleft()
+            if not fut.done():
+                fut.set_exception(ProduceError("no delivery report before the produce timeout",
+                                               retriable=True, code="_MSG_TIMED_OUT"))
+        if queue:
+            self._timer = self._loop.call_at(queue[0][0], self._expire)
+
+
 class KafkaProducer:
     """An idempotent, acks=all producer for asyncio callers; running from construction."""
 
@@ -175,6 +210,9 @@ class KafkaProducer:
         self._ready_value = False
         self._ready_at = -float("inf")
         self._ready_lock = asyncio.Lock()
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DeadlineGuard] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread = threading.Thread(target=self._serve, name="kafka-producer-poll", daemon=True)
         self._thread.start()
 
@@ -256,12 +294,15 @@ class KafkaProducer:
                                code="_QUEUE_FULL") from None
         except KafkaException as err:
             raise _error(err.args[0]) from None
-        try:
-            async with asyncio.timeout(self._deadline):
-                await fut
-        except TimeoutError:
-            raise ProduceError("no delivery report before the produce timeout",
-                               retriable=True, code="_MSG_TIMED_OUT") from None
+        self._guard(loop).watch(fut)
+        await fut
+
+    def _guard(self, loop: asyncio.AbstractEventLoop) -> _DeadlineGuard:
+        """Return the deadline guard of ``loop``, creating it on first use."""
+        guard = self._guards.get(loop)
+        if guard is None:
+            guard = self._guards[loop] = _DeadlineGuard(loop, self._deadline)
+        return guard
 
     def _probe(self) -> bool:
         """Return whether a broker answers and the raw topic exists (blocking)."""
