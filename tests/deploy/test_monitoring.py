@@ -20,12 +20,11 @@ from confluent_kafka import Producer
 from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
 from schemas.config import parse_settings
-from schemas.serde import make_serde
 from schemas.topics import Topics
 from tests.conftest import free_port
 from tests.e2e.harness import nbstream_processes
 from tests.e2e.test_metrics import documented
-from tests.sinks.records import synthetic_record
+from tests.sinks.records import produce_records, synthetic_record
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -115,13 +114,9 @@ def test_real_prometheus_scrapes_the_dashboard_and_raises_the_stop_alert(
         "dashboard": {"port": dash_port, "interval": 0.5, "window": 3},
     }
     ensure_topics(parse_settings(config, env={}))
-    topics, serde = Topics(topic_prefix), make_serde(None)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    for obj in range(5):
-        r = synthetic_record(obj, 1, "idle")
-        producer.produce(topics.sink("idle"), key=r.object_key.encode(),
-                         value=serde.encode("SinkRecord", r.to_dict(), topics.sink("idle")))
-    assert producer.flush(30) == 0
+    topics = Topics(topic_prefix)
+    produce_records(Producer({"bootstrap.servers": kafka_broker.bootstrap_servers}),
+                    topics.sink("idle"), (synthetic_record(obj, 1, "idle") for obj in range(5)))
 
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({

@@ -24,11 +24,10 @@ from confluent_kafka import Producer
 from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
 from schemas.config import parse_settings
-from schemas.serde import make_serde
 from schemas.topics import Topics
 from tests.conftest import free_port
 from tests.e2e.harness import assert_alive, nbstream_processes, receiver_server
-from tests.sinks.records import synthetic_record
+from tests.sinks.records import produce_records, synthetic_record
 
 pytestmark = pytest.mark.kafka
 
@@ -107,14 +106,11 @@ def test_dashboard_renders_each_sinks_status_lag_and_charts(
         }
         settings = parse_settings(config, env={})
         ensure_topics(settings)
-        topics, serde = Topics(topic_prefix), make_serde(None)
+        topics = Topics(topic_prefix)
         producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
         for sink, objects in (("fast", 4), ("stuck", 25)):
-            for obj in range(1, objects + 1):
-                r = synthetic_record(obj, 1, sink)
-                producer.produce(topics.sink(sink), key=r.object_key.encode(),
-                                 value=serde.encode("SinkRecord", r.to_dict(), topics.sink(sink)))
-        assert producer.flush(30) == 0
+            produce_records(producer, topics.sink(sink),
+                            (synthetic_record(obj, 1, sink) for obj in range(1, objects + 1)))
 
         with nbstream_processes(config, tmp_path, ["sink", "fast"], ["dashboard"]) as procs:
             receiver.wait_for("/h", 3, timeout=60, procs=procs)

@@ -16,21 +16,11 @@ from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
 from nbstream.lag import run_lag
 from schemas.config import Settings, parse_settings
-from schemas.serde import make_serde
 from schemas.topics import Topics
 from tests.e2e.harness import nbstream_processes, receiver_server
-from tests.sinks.records import synthetic_record
+from tests.sinks.records import produce_records, synthetic_record
 
 pytestmark = pytest.mark.kafka
-
-
-def produce_records(p: Producer, topic: str, records: Any) -> None:
-    """Write SinkRecords to ``topic`` keyed by object, as the processor would."""
-    serde = make_serde(None)
-    for r in records:
-        p.produce(topic, key=r.object_key.encode(),
-                  value=serde.encode("SinkRecord", r.to_dict(), topic))
-    assert p.flush(30) == 0
 
 
 def lag_report(settings: Settings, window: float = 3, interval: float = 1) -> tuple[int, Any]:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from confluent_kafka import Producer
+
 from schemas.identity import egress_id, object_key, source_id
 from schemas.records import EventType, SinkRecord
+from schemas.serde import make_serde
 
-__all__ = ["fixture_payloads", "fixture_records", "record_from_payload", "synthetic_record"]
+__all__ = ["fixture_payloads", "fixture_records", "produce_records", "record_from_payload",
+           "synthetic_record"]
 
 _EVENTS = {"created": EventType.OBJECT_CREATED, "updated": EventType.OBJECT_UPDATED,
            "deleted": EventType.OBJECT_DELETED, "job_ended": EventType.JOB_COMPLETED}
@@ -66,3 +71,13 @@ def synthetic_record(obj: int, seq: int, sink: str, object_type: str = "dcim.dev
     }
     body = json.dumps(payload)
     return record_from_payload(body, sink)
+
+
+def produce_records(producer: Producer, topic: str, records: Iterable[SinkRecord]) -> None:
+    """Write ``records`` to sink topic ``topic`` (Avro, keyed by object, as the processor
+    does) and wait until the broker has them."""
+    serde = make_serde(None)
+    for r in records:
+        producer.produce(topic, key=r.object_key.encode(),
+                         value=serde.encode("SinkRecord", r.to_dict(), topic))
+    assert producer.flush(30) == 0
