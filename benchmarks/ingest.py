@@ -4,12 +4,13 @@
 producer) against the bench broker; ``loadgen`` (Go, its own process) posts the 31 captured
 NetBox 4.6.8 webhooks byte for byte with NetBox's own signatures, round-robin, from N
 keep-alive clients in a closed loop. A request counts when ingest answered 202, i.e. after the
-broker acknowledged the record. Latency is the client's request-to-answer time.
+broker acknowledged the record. Latency is the client's request-to-answer time; CPU per
+request is the ingest processes' user + system time over the run divided by its requests.
 """
 
 from __future__ import annotations
 
-from benchmarks.common import Bench, base_config, fixture_templates, run_load
+from benchmarks.common import Bench, base_config, cpu_seconds, fixture_templates, run_load
 from benchmarks.stats import Figure
 from tests.e2e.harness import nbstream_processes
 
@@ -32,10 +33,16 @@ def run(bench: Bench) -> list[Figure]:
         port = config["ingest"]["port"]
         url = f"http://127.0.0.1:{port}/webhook"
         with nbstream_processes(config, tmp, ["ingest", "--workers", str(processes)],
-                                ingest_port=port):
+                                ingest_port=port) as procs:
+            pids = [p.pid for p in procs]
             for n in clients:
-                summaries = [run_load(url, templates, tmp, concurrency=n, duration=duration,
-                                      warmup=warmup) for _ in range(bench.runs)]
+                summaries = []
+                for _ in range(bench.runs):
+                    run_load(url, templates, tmp, concurrency=n, duration=warmup)
+                    cpu = cpu_seconds(pids)
+                    summary = run_load(url, templates, tmp, concurrency=n, duration=duration)
+                    summary["cpu_us"] = (cpu_seconds(pids) - cpu) / summary["requests"] * 1e6
+                    summaries.append(summary)
                 for s in summaries:
                     if s["accepted"] != s["requests"]:
                         raise RuntimeError(f"ingest refused requests: {s['statuses']}")
@@ -46,12 +53,15 @@ def run(bench: Bench) -> list[Figure]:
                 figures.append(Figure("ingest", case, "accepted", "req/s",
                                       tuple(s["accepted_per_s"] for s in summaries),
                                       target=target, notes=notes))
+                figures.append(Figure("ingest", case, "CPU per request", "µs",
+                                      tuple(s["cpu_us"] for s in summaries), notes=notes))
                 for q in ("p50", "p95", "p99"):
                     figures.append(Figure(
                         "ingest", case, f"latency {q}", "ms",
                         tuple(s["latency_ms"][q] for s in summaries),
                         target="≤ 20 ms (32 clients)" if q == "p99" and n == 32 else "",
                         notes=notes))
-                bench.say(f"ingest {case}: {figures[-4].median:,.0f} req/s, "
+                bench.say(f"ingest {case}: {figures[-5].median:,.0f} req/s, "
+                          f"{figures[-4].median:,.0f} µs CPU per request, "
                           f"p99 {figures[-1].median:.1f} ms")
     return figures

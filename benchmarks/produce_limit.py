@@ -72,7 +72,7 @@ async def nbstream_rate(settings: Settings, records: list[tuple[bytes, bytes]]) 
 
 def run(bench: Bench) -> list[Figure]:
     """Measure both producers ``bench.runs`` times, alternating; return rates and the ratio."""
-    count = 5_000 if bench.quick else 100_000
+    count = 5_000 if bench.quick else 50_000
     probe = base_config(bench, "probe.", bench.tmp)
     records = encoded_events(count, "raw", NetBoxSettings(**probe["netbox"]))
     size = int(statistics.median(len(v) for _, v in records))
