@@ -182,7 +182,8 @@ def loadgen_binary() -> Path:
         raise RuntimeError("Go is needed to build benchmarks/loadgen; install it")
     binary.parent.mkdir(parents=True, exist_ok=True)
     tmp = binary.with_suffix(f".{os.getpid()}")
-    subprocess.run([go, "build", "-o", str(tmp), "."], cwd=LOADGEN_SOURCE, check=True,
+    subprocess.run([go, "build", "-buildvcs=false", "-o", str(tmp), "."], cwd=LOADGEN_SOURCE,
+                   check=True,
                    env={**os.environ, "CGO_ENABLED": "0"})
     tmp.rename(binary)
     return binary
