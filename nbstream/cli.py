@@ -115,7 +115,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = _settings(args)
     registry = CollectorRegistry()
     registry.register(GroupLagCollector(settings, [g for g in groups_of(settings)
-                                                   if g.role == "processor"]))
+                                                   if g.sink is None]))
     run_processor(settings, __version__, loglevel="warn", registry=registry)
     return 0
 

@@ -48,7 +48,6 @@ class _Series:
     """What the page shows of one group: its latest figures and its recent points."""
 
     group: Group
-    sink: str | None
     points: deque[tuple[float, int, float, int]] = field(default_factory=deque)
     latest: dict[str, Any] = field(default_factory=dict)
 
@@ -81,14 +80,12 @@ class Sampler:
         self._reader = LagReader(settings)
         self._history = History(self._conf.window)
         self._lock = threading.Lock()
-        self._series = [
-            _Series(g, g.role.removeprefix("sink ") if g.role.startswith("sink ") else None)
-            for g in groups_of(settings)]
+        self._series = [_Series(g) for g in groups_of(settings)]
+        self.registry = CollectorRegistry()
         self._status = Gauge("nbstream_consumer_group_status",
                              "Burrow-style status of the group over the dashboard window: "
                              "0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND.", ["group", "role"],
-                             registry=(registry := CollectorRegistry()))
-        self.registry = registry
+                             registry=self.registry)
         self.samples = 0
 
     def sample(self) -> None:
@@ -104,7 +101,7 @@ class Sampler:
             seconds = max((r.lag_seconds for r in rows), default=0.0)
             committed = sum(r.observation.committed or 0 for r in rows)
             latest: dict[str, Any] = {
-                "group": s.group.name, "role": s.group.role, "sink": s.sink,
+                "group": s.group.name, "role": s.group.role, "sink": s.group.sink,
                 "topic": s.group.topic, "status": status.name, "lag_messages": lag,
                 "lag_seconds": round(seconds, 3),
                 "members": max((r.observation.members for r in rows), default=0),
@@ -113,10 +110,11 @@ class Sampler:
                                 "lag_seconds": round(r.lag_seconds, 3),
                                 "status": statuses[r.partition].name} for r in rows],
             }
-            if s.sink is not None:
-                latest["dead_letters"] = self._reader.written(self._topics.dlq(s.sink))
-                port = self._settings.sinks[s.sink].metrics_port
-                latest["counters"] = scrape_sink_counters(port, s.sink) if port else None
+            sink = s.group.sink
+            if sink is not None:
+                latest["dead_letters"] = self._reader.written(self._topics.dlq(sink))
+                port = self._settings.sinks[sink].metrics_port
+                latest["counters"] = scrape_sink_counters(port, sink) if port else None
             with self._lock:
                 s.points.append((now, lag, seconds, committed))
                 while s.points and now - s.points[0][0] > self._conf.history:

@@ -43,6 +43,7 @@ class Group:
     name: str
     topic: str
     role: str
+    sink: str | None = None  # the sink's name, for a sink's group
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ def groups_of(settings: Settings) -> list[Group]:
     """Return the processor's group and one group per enabled sink."""
     t = Topics(settings.kafka.topic_prefix)
     out = [Group(t.processor_group(), t.raw, "processor")]
-    out += [Group(t.sink_group(n), t.sink(n), f"sink {n}") for n in settings.enabled_sinks()]
+    out += [Group(t.sink_group(n), t.sink(n), f"sink {n}", n)
+            for n in settings.enabled_sinks()]
     return out
 
 
@@ -133,16 +135,19 @@ class LagReader:
                 found[p] = msg.timestamp()[1] / 1000.0
         return found
 
+    @staticmethod
+    def _partitions(consumer: Consumer, topic: str) -> list[int]:
+        """Return ``topic``'s partitions (none when the topic does not exist)."""
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        return [] if meta is None or meta.error is not None else sorted(meta.partitions)
+
     def written(self, topic: str) -> int:
         """Return how many records were ever written to ``topic`` (its end offsets' sum)."""
         consumer = Consumer({**self._conf, "group.id": "nbstream-lag-reader",
                              "enable.auto.commit": False})
         try:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is None or meta.error is not None:
-                return 0
             return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                       for p in meta.partitions)
+                       for p in self._partitions(consumer, topic))
         finally:
             consumer.close()
 
@@ -151,10 +156,9 @@ class LagReader:
         consumer = Consumer({**self._conf, "group.id": group.name, "enable.auto.commit": False,
                              "enable.auto.offset.store": False})
         try:
-            meta = consumer.list_topics(group.topic, timeout=10).topics.get(group.topic)
-            if meta is None or meta.error is not None:
+            partitions = self._partitions(consumer, group.topic)
+            if not partitions:
                 return []
-            partitions = sorted(meta.partitions)
             committed = self._committed(consumer, group.topic, partitions)
             members = self._members(group.name)
             now = time.time()

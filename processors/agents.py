@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -70,12 +69,7 @@ def register_router(
             if not match.sinks:
                 metrics.unrouted.inc()
                 continue
-            if len(match.sinks) == 1:
-                (rules,) = match.sinks.values()
-                counted: Iterable[str] = rules if len(rules) == 1 else set(rules)
-            else:
-                counted = {r for rules in match.sinks.values() for r in rules}
-            for rule in counted:
+            for rule in {r for rules in match.sinks.values() for r in rules}:
                 matched[rule].inc()
             for record in factory.records(nb, match):
                 routed[record.sink].inc()

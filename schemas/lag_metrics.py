@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["LAG_MESSAGES", "LAG_SECONDS", "LagRow", "lag_families"]
+__all__ = ["LagRow", "lag_families"]
 
-LAG_MESSAGES = "nbstream_consumer_lag_messages"
-LAG_SECONDS = "nbstream_consumer_lag_seconds"
 _LABELS = ["group", "topic", "partition"]
 
 
@@ -33,12 +31,13 @@ class LagRow:
 def lag_families(rows: Iterable[LagRow]) -> list[GaugeMetricFamily]:
     """Return the two lag gauge families holding ``rows``."""
     messages = GaugeMetricFamily(
-        LAG_MESSAGES, "Log end offset minus the group's committed offset, per partition.",
-        labels=_LABELS)
+        "nbstream_consumer_lag_messages",
+        "Log end offset minus the group's committed offset, per partition.", labels=_LABELS)
     seconds = GaugeMetricFamily(
-        LAG_SECONDS, "Now minus the timestamp of the oldest record the group has not yet "
-        "finished, read from that record (keeps growing while producers are idle); 0 when "
-        "caught up.", labels=_LABELS)
+        "nbstream_consumer_lag_seconds",
+        "Now minus the timestamp of the oldest record the group has not yet finished, read "
+        "from that record (keeps growing while producers are idle); 0 when caught up.",
+        labels=_LABELS)
     for r in rows:
         labels = [r.group, r.topic, str(r.partition)]
         if r.messages is not None:
