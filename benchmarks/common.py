@@ -29,6 +29,7 @@ from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker, cache_dir
 from schemas.config import Settings, parse_settings
 from tests.conftest import FIXTURE_SECRET, FIXTURES, free_port
+from tests.e2e.harness import e2e_base
 
 __all__ = [
     "FIXTURE_SECRET",
@@ -40,8 +41,10 @@ __all__ = [
     "cpu_seconds",
     "fixture_templates",
     "free_port",
+    "go_receiver",
     "loadavg",
     "loadgen_binary",
+    "read_arrivals",
     "run_load",
     "unique_templates",
 ]
@@ -118,17 +121,15 @@ class Bench:
         return settings
 
 
-def base_config(bench: Bench, prefix: str, tmp: Path, *, partitions: int = 6,
-                ingest_port: int = 0) -> dict[str, Any]:
-    """Return the config sections every stage shares; stages add sinks and rules."""
-    return {
-        "netbox": {"id": "nb-bench", "version": "4.6.8", "webhook_secrets": [FIXTURE_SECRET]},
-        "environment": "bench",
-        "kafka": {"bootstrap_servers": bench.broker.bootstrap_servers, "topic_prefix": prefix,
-                  "partitions": partitions},
-        "ingest": {"port": ingest_port or free_port()},
-        "processor": {"data_dir": str(tmp / "processor"), "web_port": 0},
-    }
+def base_config(bench: Bench, prefix: str, tmp: Path) -> dict[str, Any]:
+    """Return the config sections every stage shares (the end-to-end tests' sections with the
+    bench's NetBox id and environment, 6 partitions, a free ingest port); stages add sinks and
+    rules."""
+    config = e2e_base(bench.broker, prefix, tmp, free_port())
+    config["netbox"]["id"] = "nb-bench"
+    config["environment"] = "bench"
+    config["kafka"]["partitions"] = 6
+    return config
 
 
 def fixture_lines() -> list[dict[str, Any]]:
@@ -190,15 +191,14 @@ def loadgen_binary() -> Path:
 
 
 def run_load(url: str, templates: list[dict[str, str]], tmp: Path, *, concurrency: int,
-             duration: float = 0, requests: int = 0, rate: float = 0, warmup: float = 0,
-             unique: bool = False, objects: int = 5000, accepted: Path | None = None,
-             ) -> dict[str, Any]:
-    """Run ``loadgen load`` (its own process) and return its JSON summary."""
+             duration: float, rate: float = 0, unique: bool = False, objects: int = 5000,
+             accepted: Path | None = None) -> dict[str, Any]:
+    """Run ``loadgen load`` (its own process) for ``duration`` seconds; return its JSON
+    summary."""
     path = tmp / f"templates-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(templates), encoding="utf-8")
     cmd = [str(loadgen_binary()), "load", "-url", url, "-templates", str(path),
-           "-concurrency", str(concurrency), "-duration", f"{duration}s",
-           "-requests", str(requests), "-rate", str(rate), "-warmup", f"{warmup}s"]
+           "-concurrency", str(concurrency), "-duration", f"{duration}s", "-rate", str(rate)]
     if unique:
         cmd += ["-unique", "-secret", FIXTURE_SECRET, "-objects", str(objects),
                 "-run", uuid.uuid4().hex[:8]]
@@ -207,6 +207,15 @@ def run_load(url: str, templates: list[dict[str, str]], tmp: Path, *, concurrenc
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     summary: dict[str, Any] = json.loads(done.stdout)
     return summary
+
+
+def read_arrivals(text: str) -> dict[str, int]:
+    """Return source id -> first time (unix ns) of loadgen's ``source_id unix_ns`` lines."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        sid, _, at = line.partition(" ")
+        out.setdefault(sid, int(at))
+    return out
 
 
 class GoReceiver:
@@ -233,11 +242,7 @@ class GoReceiver:
 
     def arrivals(self) -> dict[str, int]:
         """Return source id -> first arrival (unix ns) of every delivery so far."""
-        out: dict[str, int] = {}
-        for line in self.client.get("/dump").text.splitlines():
-            sid, _, at = line.partition(" ")
-            out.setdefault(sid, int(at))
-        return out
+        return read_arrivals(self.client.get("/dump").text)
 
     def reset(self) -> None:
         """Forget the deliveries so far."""

@@ -24,6 +24,7 @@ from benchmarks.common import (
     base_config,
     cpu_seconds,
     go_receiver,
+    read_arrivals,
     run_load,
     unique_templates,
 )
@@ -46,22 +47,20 @@ def config(bench: Bench, tmp: Path, receiver: GoReceiver) -> dict[str, Any]:
     return cfg
 
 
-def one_load(bench: Bench, url: str, receiver: GoReceiver, procs: list[Any], tmp: Path,
+def one_load(url: str, receiver: GoReceiver, procs: list[Any], tmp: Path,
              **load: Any) -> dict[str, float]:
     """Run one load against the pipeline, wait for its deliveries; return the figures."""
     receiver.reset()
     accepted_file = tmp / "accepted.txt"
+    pids = [p.pid for p in procs]
     started_ns = time.time_ns()
-    cpu0 = cpu_seconds([p.pid for p in procs])
+    cpu0 = cpu_seconds(pids)
     summary = run_load(url, unique_templates("ipam.ipaddress", "created"), tmp, unique=True,
                        objects=1_000_000, accepted=accepted_file, **load)
-    accepted = {}
-    for line in accepted_file.read_text().splitlines():
-        sid, _, at = line.partition(" ")
-        accepted[sid] = int(at)
+    accepted = read_arrivals(accepted_file.read_text())
     assert_alive(procs)
     got = receiver.wait_for(len(accepted), timeout=60 + len(accepted) / 200)
-    cpu = cpu_seconds([p.pid for p in procs]) - cpu0
+    cpu = cpu_seconds(pids) - cpu0
     arrivals = receiver.arrivals()
     missing = set(accepted) - set(arrivals)
     if missing:
@@ -96,10 +95,10 @@ def run(bench: Bench) -> list[Figure]:
         with nbstream_processes(cfg, tmp, ["ingest"], ["process"], ["sink", SINK],
                                 ingest_port=port) as procs:
             # Warm up: group assignment, connections, the JIT of the broker.
-            one_load(bench, url, receiver, procs, tmp, rate=200, concurrency=8,
+            one_load(url, receiver, procs, tmp, rate=200, concurrency=8,
                      duration=1.0 if bench.quick else 3.0)
             for case, load in cases:
-                runs = [one_load(bench, url, receiver, procs, tmp, **load)
+                runs = [one_load(url, receiver, procs, tmp, **load)
                         for _ in range(bench.runs)]
                 notes = {**load, "ingest_processes": 1, "rule": "ipam.ipaddress created",
                          "accepted_per_s": [r["accepted"] for r in runs]}

@@ -42,10 +42,9 @@ def run(bench: Bench) -> list[Figure]:
                     cpu = cpu_seconds(pids)
                     summary = run_load(url, templates, tmp, concurrency=n, duration=duration)
                     summary["cpu_us"] = (cpu_seconds(pids) - cpu) / summary["requests"] * 1e6
+                    if summary["accepted"] != summary["requests"]:
+                        raise RuntimeError(f"ingest refused requests: {summary['statuses']}")
                     summaries.append(summary)
-                for s in summaries:
-                    if s["accepted"] != s["requests"]:
-                        raise RuntimeError(f"ingest refused requests: {s['statuses']}")
                 case = f"{processes} process{'es' if processes > 1 else ''}, {n} clients"
                 notes = {"processes": processes, "clients": n, "duration_s": duration,
                          "requests": [s["requests"] for s in summaries]}

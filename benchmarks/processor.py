@@ -65,8 +65,9 @@ def rules(count: int) -> list[dict[str, Any]]:
     return out
 
 
-def encoded_events(count: int, topic: str, netbox: NetBoxSettings) -> list[tuple[bytes, bytes]]:
+def encoded_events(bench: Bench, count: int) -> list[tuple[bytes, bytes]]:
     """Return ``count`` distinct (key, Avro value) raw records, as ingest would produce them."""
+    netbox = NetBoxSettings(**base_config(bench, "probe.", bench.tmp)["netbox"])
     templates = [t["body"] for t in unique_templates()]
     serde = make_serde(None)
     now = datetime.now(UTC)
@@ -76,7 +77,7 @@ def encoded_events(count: int, topic: str, netbox: NetBoxSettings) -> list[tuple
             str(OBJECT_SENTINEL), str(k % 5000 + 1)).replace(SEQ_SENTINEL, f"bench-{k}")
         event = normalize(json.loads(body), body, netbox, now)
         out.append((event.object_key.encode(), serde.encode("NetBoxEvent", event.to_dict(),
-                                                             topic)))
+                                                             "raw")))
     return out
 
 
@@ -186,9 +187,7 @@ def run(bench: Bench) -> list[Figure]:
     """Measure every (workers, rules) case; return events/s and CPU per event figures."""
     count = 3_000 if bench.quick else 15_000
     cases = ((1, 1), (1, 100)) if bench.quick else CASES
-    probe = base_config(bench, "probe.", bench.tmp)
-    netbox = NetBoxSettings(**probe["netbox"])
-    records = encoded_events(count, "raw", netbox)
+    records = encoded_events(bench, count)
     figures = []
     for workers, n in cases:
         results = [one_run(bench, workers, n, records) for _ in range(bench.runs)]

@@ -23,7 +23,7 @@ from benchmarks.processor import encoded_events
 from benchmarks.stats import Figure
 from nbstream.kafka_local import install
 from producers.kafka_producer import KafkaProducer
-from schemas.config import NetBoxSettings, Settings
+from schemas.config import Settings
 from schemas.topics import Topics
 
 __all__ = ["run"]
@@ -73,8 +73,7 @@ async def nbstream_rate(settings: Settings, records: list[tuple[bytes, bytes]]) 
 def run(bench: Bench) -> list[Figure]:
     """Measure both producers ``bench.runs`` times, alternating; return rates and the ratio."""
     count = 5_000 if bench.quick else 50_000
-    probe = base_config(bench, "probe.", bench.tmp)
-    records = encoded_events(count, "raw", NetBoxSettings(**probe["netbox"]))
+    records = encoded_events(bench, count)
     size = int(statistics.median(len(v) for _, v in records))
     perf, ours = [], []
     for _ in range(bench.runs):

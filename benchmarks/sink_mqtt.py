@@ -27,8 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
-from sinks.base import SinkContext  # noqa: E402
+from benchmarks.sinkbench import (  # noqa: E402
+    CONTEXT,
+    SINK,
+    Run,
+    open_and_deliver,
+    parser,
+    print_result,
+)
 from sinks.mqtt import MqttSettings, MqttSink  # noqa: E402
 from tests.sinks.servers.mosquitto import Mosquitto, Subscriber  # noqa: E402
 
@@ -50,7 +56,7 @@ async def publish(broker: Mosquitto, args: argparse.Namespace) -> Run:
     """Deliver the records through a fresh sink (CPU counts the loop's and paho's threads)."""
     settings = MqttSettings(host="127.0.0.1", port=broker.port, qos=args.qos,
                             protocol=args.protocol, max_inflight=args.max_inflight)
-    sink = MqttSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    sink = MqttSink(SINK, settings, CONTEXT)
     return await open_and_deliver(sink, args)
 
 

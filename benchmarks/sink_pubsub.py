@@ -19,8 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
-from sinks.base import SinkContext  # noqa: E402
+from benchmarks.sinkbench import (  # noqa: E402
+    CONTEXT,
+    SINK,
+    Run,
+    open_and_deliver,
+    parser,
+    print_result,
+)
 from sinks.pubsub import PubSubSettings, PubSubSink  # noqa: E402
 from tests.sinks.servers.pstest import (  # type: ignore[attr-defined]  # noqa: E402
     FakeClients,
@@ -45,7 +51,7 @@ async def run_once(host: str, clients: FakeClients, args: argparse.Namespace) ->
     settings = PubSubSettings(project=PROJECT, topic=topic, emulator_host=host,
                               max_messages=args.max_messages,
                               max_concurrency=args.max_concurrency)
-    sink = PubSubSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    sink = PubSubSink(SINK, settings, CONTEXT)
     result = await open_and_deliver(sink, args)
     if subscription is not None:
         got = len(clients.pull_all(subscription))

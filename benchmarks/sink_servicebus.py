@@ -24,8 +24,14 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import SecretStr  # noqa: E402 - after the path setup above
 
-from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
-from sinks.base import SinkContext  # noqa: E402
+from benchmarks.sinkbench import (  # noqa: E402
+    CONTEXT,
+    SINK,
+    Run,
+    open_and_deliver,
+    parser,
+    print_result,
+)
 from sinks.servicebus import ServiceBusSettings, ServiceBusSink  # noqa: E402
 
 QUEUE = "bench"
@@ -81,7 +87,7 @@ async def one_run(peer: PeerProcess, args: argparse.Namespace) -> Run:
     conn = (f"Endpoint=sb://127.0.0.1:{peer.port};SharedAccessKeyName=RootManageSharedAccessKey;"
             f"SharedAccessKey={peer.key};UseDevelopmentEmulator=true")
     settings = ServiceBusSettings(connection_string=SecretStr(conn), queue=QUEUE)
-    sink = ServiceBusSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    sink = ServiceBusSink(SINK, settings, CONTEXT)
     return await open_and_deliver(sink, args)
 
 

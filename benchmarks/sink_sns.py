@@ -23,8 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import SecretStr  # noqa: E402 - after the path setup above
 
-from benchmarks.sinkbench import SINK, Run, open_and_deliver, parser, print_result  # noqa: E402
-from sinks.base import SinkContext  # noqa: E402
+from benchmarks.sinkbench import (  # noqa: E402
+    CONTEXT,
+    SINK,
+    Run,
+    open_and_deliver,
+    parser,
+    print_result,
+)
 from sinks.sns import SnsSettings, SnsSink  # noqa: E402
 from tests.sinks.servers.moto_server import (  # noqa: E402
     ACCESS_KEY,
@@ -41,7 +47,7 @@ async def run_once(server: MotoServer, args: argparse.Namespace) -> Run:
                            access_key_id=SecretStr(ACCESS_KEY),
                            secret_access_key=SecretStr(SECRET_KEY),
                            max_concurrency=args.concurrency, read_timeout=args.read_timeout)
-    sink = SnsSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    sink = SnsSink(SINK, settings, CONTEXT)
     return await open_and_deliver(sink, args)
 
 

@@ -17,14 +17,18 @@ import argparse
 import asyncio
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydantic import SecretStr  # noqa: E402 - after the path setup above
+import aiohttp  # noqa: E402 - after the path setup above
+import httpx  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from benchmarks.common import GoReceiver, go_receiver  # noqa: E402
 from benchmarks.sinkbench import (  # noqa: E402
+    CONTEXT,
     SINK,
     Run,
     make_records,
@@ -33,7 +37,6 @@ from benchmarks.sinkbench import (  # noqa: E402
     print_result,
 )
 from schemas.envelope import envelope_json  # noqa: E402
-from sinks.base import SinkContext  # noqa: E402
 from sinks.webhook import WebhookSettings, WebhookSink  # noqa: E402
 
 CONCURRENCY = 64
@@ -44,7 +47,7 @@ async def run_once(receiver: GoReceiver, args: argparse.Namespace) -> Run:
     receiver.reset()
     settings = WebhookSettings(payload_url=receiver.url(), secret=SecretStr("bench-secret"),
                                max_connections=CONCURRENCY)
-    sink = WebhookSink(SINK, settings, SinkContext(environment="bench", sink=SINK))
+    sink = WebhookSink(SINK, settings, CONTEXT)
     result = await open_and_deliver(sink, args)
     if (got := receiver.count()) != args.records:
         raise SystemExit(f"the receiver got {got} of {args.records} requests")
@@ -53,9 +56,6 @@ async def run_once(receiver: GoReceiver, args: argparse.Namespace) -> Run:
 
 async def client_rate(client: str, url: str, bodies: list[bytes]) -> Run:
     """POST ``bodies`` with ``client`` (aiohttp or httpx), 64 at a time; return the rate."""
-    import aiohttp
-    import httpx
-
     queue = list(reversed(bodies))
     started, cpu = time.perf_counter(), time.process_time()
     if client == "aiohttp":
@@ -85,8 +85,6 @@ def measure(args: argparse.Namespace) -> list[Run]:
 def measure_clients(args: argparse.Namespace) -> dict[str, list[Run]]:
     """Return the plain-POST runs of each HTTP client against one receiver (httpx, 50 times
     slower here, gets a tenth of the bodies)."""
-    from datetime import UTC, datetime
-
     now = datetime.now(UTC)
     bodies = [envelope_json(r, now) for r in make_records(args.records, args.objects)]
     with go_receiver() as receiver:

@@ -17,10 +17,11 @@ from typing import Any
 
 from benchmarks.stats import Figure
 from schemas.records import SinkRecord
-from sinks.base import PartialBatchError, Sink
+from sinks.base import PartialBatchError, Sink, SinkContext
 from tests.sinks.records import synthetic_record
 
 __all__ = [
+    "CONTEXT",
     "SINK",
     "Run",
     "deliver",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 SINK = "bench"
+CONTEXT = SinkContext(environment="bench", sink=SINK)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Figure", "percentile", "repeat"]
+__all__ = ["Figure", "percentile"]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -43,6 +43,12 @@ class Figure:
         """The figure quoted: the median of the runs."""
         return statistics.median(self.runs)
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Figure:
+        """Return the Figure of one ``results.json`` entry (``as_dict``'s output)."""
+        return cls(doc["stage"], doc["case"], doc["metric"], doc["unit"], tuple(doc["runs"]),
+                   doc.get("target", ""), doc.get("notes", {}))
+
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON form written to ``results.json``."""
         doc = asdict(self)
@@ -50,11 +56,3 @@ class Figure:
         doc.update(median=self.median, min=min(self.runs), max=max(self.runs))
         return doc
 
-
-def repeat(runs: int, once: Callable[[], dict[str, float]]) -> dict[str, tuple[float, ...]]:
-    """Call ``once`` ``runs`` times; return each metric it reports with its value per run."""
-    out: dict[str, list[float]] = {}
-    for _ in range(runs):
-        for name, value in once().items():
-            out.setdefault(name, []).append(value)
-    return {name: tuple(values) for name, values in out.items()}

@@ -3,13 +3,13 @@
 // It is written in Go so that generating load and receiving deliveries costs little CPU next
 // to the Python stages being measured on the same 2-core machine.
 //
-//	loadgen load -url URL -templates FILE [-concurrency N] [-duration D | -requests N]
-//	        [-rate R] [-unique -secret S -objects N -run ID] [-accepted FILE]
+//	loadgen load -url URL -templates FILE -duration D [-concurrency N] [-rate R]
+//	        [-unique -secret S -objects N -run ID] [-accepted FILE]
 //	loadgen receive [-addr 127.0.0.1:0]
 //
 // load posts webhook bodies (cycled from a JSON list of {"body", "signature"}) from N
-// keep-alive clients, closed loop (as fast as answers come) or open loop at -rate requests/s,
-// and prints one JSON summary: requests, accepted (202), statuses, elapsed seconds, accepted/s
+// keep-alive clients for -duration, closed loop (as fast as answers come) or open loop at
+// -rate requests/s, and prints one JSON summary: requests, accepted (202), statuses, elapsed seconds, accepted/s
 // and latency percentiles in ms. With -unique, each body's sentinels are replaced per request
 // (object id 900000001 and request id __NBSEQ__) and it is signed with -secret, so every
 // request is a distinct NetBox event; -accepted writes "source_id unix_ns" per 202.
@@ -52,14 +52,10 @@ type result struct {
 }
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen load|receive [flags]")
-		os.Exit(2)
-	}
-	switch os.Args[1] {
-	case "load":
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "load":
 		load(os.Args[2:])
-	case "receive":
+	case len(os.Args) > 1 && os.Args[1] == "receive":
 		receive(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "usage: loadgen load|receive [flags]")
@@ -83,16 +79,18 @@ func load(args []string) {
 	url := fs.String("url", "", "ingest /webhook URL")
 	path := fs.String("templates", "", "JSON list of {body, signature}")
 	concurrency := fs.Int("concurrency", 8, "concurrent keep-alive clients")
-	duration := fs.Duration("duration", 0, "stop sending after this long")
-	requests := fs.Int("requests", 0, "stop after this many requests")
+	duration := fs.Duration("duration", 0, "send for this long (required)")
 	rate := fs.Float64("rate", 0, "open loop: requests per second over all clients (0 = closed)")
-	warmup := fs.Duration("warmup", 0, "send for this long before measuring")
 	unique := fs.Bool("unique", false, "make each request a distinct event and sign it")
 	secret := fs.String("secret", "", "HMAC-SHA512 secret for -unique")
 	objects := fs.Int("objects", 5000, "distinct object ids for -unique")
 	run := fs.String("run", "r", "request id prefix for -unique")
 	accepted := fs.String("accepted", "", "write 'source_id unix_ns' per 202 to this file")
 	_ = fs.Parse(args)
+	if *duration <= 0 {
+		fmt.Fprintln(os.Stderr, "-duration must be positive")
+		os.Exit(2)
+	}
 	raw, err := os.ReadFile(*path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -145,35 +143,11 @@ func load(args []string) {
 		return r
 	}
 
-	if *warmup > 0 {
-		end := time.Now().Add(*warmup)
-		var wg sync.WaitGroup
-		for i := 0; i < *concurrency; i++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(end) {
-					post(seq.Add(1) - 1)
-				}
-			}()
-		}
-		wg.Wait()
-	}
-
 	results := make([][]result, *concurrency)
 	var wg sync.WaitGroup
 	start := time.Now()
-	var deadline time.Time
-	if *duration > 0 {
-		deadline = start.Add(*duration)
-	}
-	var issued atomic.Int64
-	more := func() bool {
-		if *requests > 0 && issued.Add(1) > int64(*requests) {
-			return false
-		}
-		return deadline.IsZero() || time.Now().Before(deadline)
-	}
+	deadline := start.Add(*duration)
+	more := func() bool { return time.Now().Before(deadline) }
 	var ticks chan struct{}
 	if *rate > 0 {
 		ticks = make(chan struct{}, 100000)
