@@ -124,7 +124,11 @@ def faust_floor(config: dict[str, Any], tmp: Path) -> Iterator[list[subprocess.P
             yield [proc]
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, bytes]],
