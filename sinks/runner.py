@@ -83,6 +83,8 @@ TP = tuple[str, int]
 
 # How long one idle poll blocks: bounds how late the loop notices stop() when no records come.
 _IDLE_POLL = 0.25
+# How long a revocation waits for a write it cancelled to end before letting the partitions go.
+_CANCEL_GRACE = 5.0
 # Headers naming where a dead-lettered or invalid record came from (Kafka Connect's habit).
 H_TOPIC, H_PARTITION, H_OFFSET = (
     "nbstream-original-topic",
@@ -499,32 +501,44 @@ class SinkRunner:
         return keys
 
     def _settle(self, revoked: set[TP]) -> bool:
-        """Wait until no write includes records of ``revoked``: ``revoke_timeout`` for the one
-        in progress to end, then cancel it. Return whether it had to be cancelled."""
+        """Wait until no step includes records of ``revoked``: ``revoke_timeout`` for the one
+        in progress to end, then cancel its write. Return whether it had to be cancelled."""
+
+        def clear() -> bool:
+            return not self._writing & revoked
+
         with self._step_lock:
-            if self._step_lock.wait_for(lambda: not self._writing & revoked,
-                                        self._revoke_timeout):
+            if self._step_lock.wait_for(clear, self._revoke_timeout):
                 return False
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._cancel_write, self._write_task)
+            self._loop.call_soon_threadsafe(self._cancel_write, revoked)
         with self._step_lock:
-            if not self._step_lock.wait_for(lambda: not self._writing & revoked, 5.0):
-                self._log.error("in-flight write ignored its cancellation; it may still deliver "
-                                "records of revoked partitions", extra={"sink": self.name})
+            if not self._step_lock.wait_for(clear, _CANCEL_GRACE):
+                # A sink that ignores cancellation, or a step past its write (dead-lettering
+                # waits for the broker's acknowledgement, which no cancellation reaches).
+                self._log.error("in-flight step did not end when its write was cancelled; it "
+                                "may still act on records of revoked partitions",
+                                extra={"sink": self.name})
         return True
 
-    def _cancel_write(self, task: asyncio.Future[None] | None) -> None:
-        """On the loop: cancel ``task`` if it is still the write in progress."""
-        if task is not None and task is self._write_task and not task.done():
+    def _cancel_write(self, revoked: set[TP]) -> None:
+        """On the loop: cancel the write in progress if it still includes records of
+        ``revoked`` (a later write never does)."""
+        task = self._write_task
+        if task is not None and not task.done() and self._writing & revoked:
             self._revoked_write = task
             task.cancel()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Let the in-flight write of the revoked partitions end within the bound (or cancel
         it), store what it resolved in order, commit every stored offset, and let them go."""
+        # Taken before _forget bumps the generations: a batch that outlived an earlier
+        # revocation of a partition must not store that ownership's offsets over the commits
+        # of the owners since. (_in_flight stays put meanwhile: the loop awaits this call.)
+        current = [i for i in self._in_flight if self._current(i)]
         revoked = self._forget(partitions)
         cancelled = self._settle(revoked)
-        in_flight = [i for i in self._in_flight if i.tp in revoked]
+        in_flight = [i for i in current if i.tp in revoked]
         upto = self._resolved(in_flight, lambda _: True)
         self._store_offsets(consumer, upto)
         self._commit_stored(consumer)

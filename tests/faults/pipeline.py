@@ -221,7 +221,6 @@ class FaultPipeline:
         self.tmp = tmp
         self.prefix = prefix
         self.destination = destination
-        self.sink = destination.sink
         self.topics = Topics(prefix)
         self.ingest_port = free_port()
         self.metrics_port = free_port()
@@ -260,6 +259,11 @@ class FaultPipeline:
         self.config[section] = {**self.config.get(section, {}), **values}
         self.path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
         self.settings = parse_settings(self.config, env={})
+
+    @property
+    def sink(self) -> str:
+        """The name of the pipeline's one sink (its destination's)."""
+        return self.destination.sink
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -573,7 +577,7 @@ def summarize(posted: Sequence[Posted], deliveries: Sequence[Delivered],
     - per object, first deliveries arrive in increasing ``seq``, and the last delivered state is
       the newest event delivered, no older than the last acknowledged one.
     """
-    acked = {p.source_id for p in posted if p.status == 202 and p.source_id}
+    acked = acked_ids(posted)
     first: dict[str, Delivered] = {}
     duplicates = 0
     mismatches: list[str] = []
