@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +42,9 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     status: int = 200
     status_for: Callable[[bytes], int] | None = None
+    # Called with the request's headers after it was recorded, before it is answered: a test
+    # can hold answers back (a slow destination).
+    before_answer: Callable[[Mapping[str, str]], None] | None = None
     rejected: int = 0
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -60,6 +63,8 @@ class Receiver:
                             self.path, dict(self.headers.items()), body, time.time()))
                 else:
                     receiver.rejected += 1
+                if receiver.before_answer is not None:
+                    receiver.before_answer(self.headers)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -19,15 +19,14 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nbstream.kafka_local import LocalBroker
-from tests.e2e.harness import Delivery, Receiver
+from tests.e2e.harness import Delivery, receiver_server
 from tests.faults.pipeline import (
     FaultPipeline,
     Progress,
@@ -75,29 +74,23 @@ def slow_hook() -> Iterator[tuple[WebhookDestination, threading.Event]]:
     """A webhook destination that records each request on arrival and answers DELAY s later;
     the sink sends its worker's name in WORKER_HEADER. While the returned event is clear, the
     first worker's answers wait for it."""
-    rec = Receiver()
     gate = threading.Event()
     gate.set()
 
-    class Slow(rec.handler()):  # type: ignore[misc]
-        def send_response(self, code: int, message: str | None = None) -> None:
-            time.sleep(DELAY)
-            if worker_in(self.headers.items()) == FIRST:
-                gate.wait(60)
-            super().send_response(code, message)
+    def hold(headers: Mapping[str, str]) -> None:
+        time.sleep(DELAY)
+        if worker_in(headers.items()) == FIRST:
+            gate.wait(60)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield WebhookDestination(rec, int(server.server_address[1]), settings={
-            "max_connections": CONNECTIONS,
-            "additional_headers": f"X-Test-Worker: ${{{WORKER_ENV}:-unnamed}}",
-        }), gate
-    finally:
-        gate.set()
-        server.shutdown()
-        server.server_close()
+    with receiver_server() as (rec, port):
+        rec.before_answer = hold
+        try:
+            yield WebhookDestination(rec, port, settings={
+                "max_connections": CONNECTIONS,
+                "additional_headers": f"X-Test-Worker: ${{{WORKER_ENV}:-unnamed}}",
+            }), gate
+        finally:
+            gate.set()
 
 
 def log_events(p: FaultPipeline, stage: str) -> list[dict[str, Any]]:
