@@ -10,14 +10,21 @@ request is the ingest processes' user + system time over the run divided by its 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 from benchmarks.common import Bench, base_config, cpu_seconds, fixture_templates, run_load
 from benchmarks.stats import Figure
-from tests.e2e.harness import nbstream_processes
+from tests.conftest import free_port
+from tests.e2e.harness import nbstream_processes, wait_ready
 
 __all__ = ["run"]
 
 CLIENTS = (1, 8, 32, 64)
 PROCESSES = (1, 2)
+FLOOR = (2, 32)  # (processes, clients) of the server-floor case
 
 
 def run(bench: Bench) -> list[Figure]:
@@ -63,4 +70,45 @@ def run(bench: Bench) -> list[Figure]:
                 bench.say(f"ingest {case}: {figures[-5].median:,.0f} req/s, "
                           f"{figures[-4].median:,.0f} µs CPU per request, "
                           f"p99 {figures[-1].median:.1f} ms")
+    figures.extend(server_floor(bench, templates, duration, warmup))
+    return figures
+
+
+def server_floor(bench: Bench, templates: list[dict[str, str]], duration: float,
+                 warmup: float) -> list[Figure]:
+    """Measure uvicorn answering 202 with no ingest work (``benchmarks.ingest_floor``) with
+    FLOOR's processes and clients: the most any Python ingest on this server can do here."""
+    processes, clients = FLOOR
+    tmp = bench.scratch("ingest-floor")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/webhook"
+    with (tmp / "uvicorn.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.ingest_floor:app", "--host",
+             "127.0.0.1", "--port", str(port), "--workers", str(processes), "--no-access-log",
+             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", [proc])
+            summaries: list[dict[str, Any]] = []
+            for _ in range(bench.runs):
+                run_load(url, templates, tmp, concurrency=clients, duration=warmup)
+                summaries.append(run_load(url, templates, tmp, concurrency=clients,
+                                          duration=duration))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    case = f"server floor (uvicorn, no work), {processes} processes, {clients} clients"
+    notes = {"processes": processes, "clients": clients, "duration_s": duration,
+             "what": "uvicorn serving an ASGI app that answers 202 at once, no ingest work"}
+    figures = [Figure("ingest", case, "accepted", "req/s",
+                      tuple(s["accepted_per_s"] for s in summaries), notes=notes)]
+    figures += [Figure("ingest", case, f"latency {q}", "ms",
+                       tuple(s["latency_ms"][q] for s in summaries), notes=notes)
+                for q in ("p50", "p99")]
+    bench.say(f"ingest {case}: {figures[0].median:,.0f} req/s, p99 {figures[-1].median:.1f} ms")
     return figures
