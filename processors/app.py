@@ -6,35 +6,12 @@ import ssl
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from processors import faust_fixes
 from schemas.config import KafkaSettings, Settings
 from schemas.topics import Topics
 
 __all__ = ["broker_credentials", "create_app"]
-
-# faust-streaming's aiokafka driver hard-codes fetch_max_wait_ms=1500. aiokafka keeps one fetch
-# in flight per broker, so a fetch parked for partitions without new data holds back the records
-# of the others: the agent's input stalled for 1.3-1.4 s at a time at 1,000 events/s. A short
-# wait bounds that stall; an idle consumer then sends a fetch every 100 ms instead of 1.5 s.
-FETCH_MAX_WAIT_MS = 100
-
-
-def _bound_fetch_wait() -> None:
-    """Make Faust's worker consumers use FETCH_MAX_WAIT_MS (once per process)."""
-    thread = faust_aiokafka.AIOKafkaConsumerThread
-    create = thread._create_worker_consumer
-    if getattr(create, "_nbstream", False):
-        return
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the Fetcher at start()
-        return consumer
-
-    create_worker_consumer._nbstream = True  # type: ignore[attr-defined]
-    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
-
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
     """Translate the librdkafka-style security passthrough into Faust credentials (or None)."""
@@ -60,7 +37,7 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
 
 def create_app(settings: Settings) -> faust.App:
     """Return the processor's Faust app: group = ``<prefix>processor``, memory store."""
-    _bound_fetch_wait()
+    faust_fixes.apply()
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
     return faust.App(
