@@ -13,6 +13,7 @@ from schemas.topics import Topics
 
 __all__ = ["broker_credentials", "create_app"]
 
+
 def broker_credentials(kafka: KafkaSettings) -> Any:
     """Translate the librdkafka-style security passthrough into Faust credentials (or None)."""
     c = kafka.client
@@ -35,8 +36,11 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Return the processor's Faust app: group = ``<prefix>processor``, memory store."""
+def create_app(settings: Settings, publish_on_commit: bool = True) -> faust.App:
+    """Return the processor's Faust app: group = ``<prefix>processor``, memory store.
+
+    ``publish_on_commit=False`` is only for ``agent.test_context()``, which never commits.
+    """
     faust_fixes.apply()
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
@@ -52,9 +56,10 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=8 * 1024 * 1024,
-        # Faust commits acknowledged offsets only; the route agent acknowledges a record when
-        # the broker stored its outputs (processors.agents), so this only bounds how much is
-        # routed again after a crash, not the latency.
+        # Outputs are attached to their input's offset, published at commit time and awaited
+        # before the offset is committed; a failed publish crashes the worker instead of
+        # committing. This is what makes "commit input only after outputs are acked" hold.
+        stream_publish_on_commit=publish_on_commit,
         broker_commit_interval=settings.processor.commit_interval,
         broker_commit_every=5_000,
     )
