@@ -2,8 +2,8 @@
 
 The raw topic (6 partitions) is filled beforehand with N distinct NetBox events (the captured
 object events, each with its own object id and request id, normalised and Avro-encoded exactly
-as ingest would), then ``nbstream process`` runs as in production (Faust, batches, the dedup
-table with its changelog, a batch's records acknowledged once its outputs are stored). The rate
+as ingest would), then ``nbstream process`` runs as in production (Faust, the dedup table with
+its changelog, outputs published and acknowledged before each commit). The rate
 counts the records routed to the sink topic, from the first to the last, so Faust's start-up is
 not timed; the run ends only once the processor also committed every raw offset. Every rule
 has conditions and routes to the one sink ``bench``; the rules spread over the 8 object types
@@ -101,7 +101,7 @@ def fill(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
 
 
 def routed(consumer: Consumer, topic: str, partitions: int) -> int:
-    """Return how many records the sink topic holds (each bench event routes to one)."""
+    """Return how many records the sink topic holds (outputs appear there at each commit)."""
     try:
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                    for p in range(partitions))
