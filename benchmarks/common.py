@@ -33,6 +33,7 @@ from tests.e2e.harness import e2e_base
 
 __all__ = [
     "FIXTURE_SECRET",
+    "background",
     "OBJECT_SENTINEL",
     "SEQ_SENTINEL",
     "Bench",
@@ -46,10 +47,12 @@ __all__ = [
     "loadgen_binary",
     "read_arrivals",
     "run_load",
+    "stop",
     "unique_templates",
 ]
 
 LOADGEN_SOURCE = Path(__file__).resolve().with_name("loadgen")
+REPO = LOADGEN_SOURCE.parent.parent
 # Replaced per request by ``loadgen load -unique``: the object id and the request id.
 OBJECT_SENTINEL = 900000001
 SEQ_SENTINEL = "__NBSEQ__"
@@ -209,6 +212,28 @@ def run_load(url: str, templates: list[dict[str, str]], tmp: Path, *, concurrenc
     return summary
 
 
+def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM ``proc`` (one this benchmark started), SIGKILL it if it outlives ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def background(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` from the repository root with its output in ``log_path``; stop it after."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        proc.log_path = str(log_path)  # type: ignore[attr-defined]  # read by assert_alive
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
 def read_arrivals(text: str) -> dict[str, int]:
     """Return source id -> first time (unix ns) of loadgen's ``source_id unix_ns`` lines."""
     out: dict[str, int] = {}
@@ -267,11 +292,7 @@ class GoReceiver:
     def close(self) -> None:
         """Stop the receiver by its PID."""
         self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc, timeout=10)
 
 
 @contextmanager

@@ -10,12 +10,17 @@ request is the ingest processes' user + system time over the run divided by its 
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Bench, base_config, cpu_seconds, fixture_templates, run_load
+from benchmarks.common import (
+    Bench,
+    background,
+    base_config,
+    cpu_seconds,
+    fixture_templates,
+    run_load,
+)
 from benchmarks.stats import Figure
 from tests.conftest import free_port
 from tests.e2e.harness import nbstream_processes, wait_ready
@@ -82,26 +87,16 @@ def server_floor(bench: Bench, templates: list[dict[str, str]], duration: float,
     tmp = bench.scratch("ingest-floor")
     port = free_port()
     url = f"http://127.0.0.1:{port}/webhook"
-    with (tmp / "uvicorn.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "benchmarks.ingest_floor:app", "--host",
-             "127.0.0.1", "--port", str(port), "--workers", str(processes), "--no-access-log",
-             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", [proc])
-            summaries: list[dict[str, Any]] = []
-            for _ in range(bench.runs):
-                run_load(url, templates, tmp, concurrency=clients, duration=warmup)
-                summaries.append(run_load(url, templates, tmp, concurrency=clients,
-                                          duration=duration))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.ingest_floor:app", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(processes), "--no-access-log", "--log-level",
+           "warning"]
+    summaries: list[dict[str, Any]] = []
+    with background(cmd, tmp / "uvicorn.log") as proc:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", [proc])
+        for _ in range(bench.runs):
+            run_load(url, templates, tmp, concurrency=clients, duration=warmup)
+            summaries.append(run_load(url, templates, tmp, concurrency=clients,
+                                      duration=duration))
     case = f"server floor (uvicorn, no work), {processes} processes, {clients} clients"
     notes = {"processes": processes, "clients": clients, "duration_s": duration,
              "what": "uvicorn serving an ASGI app that answers 202 at once, no ingest work"}

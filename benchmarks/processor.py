@@ -29,6 +29,7 @@ from benchmarks.common import (
     OBJECT_SENTINEL,
     SEQ_SENTINEL,
     Bench,
+    background,
     base_config,
     cpu_seconds,
     unique_templates,
@@ -126,26 +127,16 @@ def faust_floor(config: dict[str, Any], tmp: Path) -> Iterator[list[subprocess.P
     processor; stop it afterwards."""
     path = tmp / "nbstream.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with (tmp / "faust-floor.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.faust_floor", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT)
-        proc.log_path = log.name  # type: ignore[attr-defined]
-        try:
-            yield [proc]
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with background([sys.executable, "-m", "benchmarks.faust_floor", str(path)],
+                    tmp / "faust-floor.log") as proc:
+        yield [proc]
 
 
 def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, bytes]],
-            floor: bool = False) -> tuple[float, float]:
+            want: int, floor: bool = False) -> tuple[float, float]:
     """Process ``records`` with ``workers`` processes and ``count`` rules (or, with ``floor``,
-    forward them with a bare Faust agent); return events/s and the processes' CPU µs per
-    event."""
+    forward them with a bare Faust agent) until ``want`` sink records were routed; return
+    events/s and the processes' CPU µs per event."""
     tmp = bench.scratch(f"processor-{workers}-{count}")
     prefix = bench.prefix()
     config = base_config(bench, prefix, tmp)
@@ -155,7 +146,6 @@ def one_run(bench: Bench, workers: int, count: int, records: list[tuple[bytes, b
     fill(settings, records)
     topics = Topics(prefix)
     total = len(records)
-    want = total if floor else route_all(count, records)[0]  # sink records to wait for
     consumer = Consumer({"bootstrap.servers": settings.kafka.servers,
                          "group.id": topics.processor_group()})
     sink = topics.sink("bench")
@@ -214,9 +204,11 @@ def run(bench: Bench) -> list[Figure]:
     count = 3_000 if bench.quick else 20_000
     cases = ((1, 1), (1, 100)) if bench.quick else CASES
     records = encoded_events(bench, count)
+    # Sink records each rule count makes of ``records``: what a run waits to see routed.
+    wanted = {n: route_all(n, records)[0] for n in {n for _, n in cases}}
     figures = []
     for workers, n in cases:
-        results = [one_run(bench, workers, n, records) for _ in range(bench.runs)]
+        results = [one_run(bench, workers, n, records, wanted[n]) for _ in range(bench.runs)]
         case = f"{workers} worker{'s' if workers > 1 else ''}, {n} rule{'s' if n > 1 else ''}"
         notes: dict[str, Any] = {"events": count, "workers": workers, "rules": n, "partitions": 6}
         target = "≥ 20,000/s" if (workers, n) == (1, 100) else ""
@@ -226,7 +218,8 @@ def run(bench: Bench) -> list[Figure]:
                               tuple(c for _, c in results), notes=notes))
         bench.say(f"processor {case}: {figures[-2].median:,.0f} events/s, "
                   f"{figures[-1].median:,.0f} µs CPU per event")
-    results = [one_run(bench, 1, 1, records, floor=True) for _ in range(bench.runs)]
+    results = [one_run(bench, 1, 1, records, len(records), floor=True)
+               for _ in range(bench.runs)]
     notes = {
         "events": count, "what": "a Faust agent forwarding each record unchanged, with the "
         "processor's app settings; no nbstream work per event"}

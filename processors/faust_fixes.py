@@ -1,6 +1,6 @@
-"""Corrections to faust-streaming 0.15, applied once per process by create_app.
+"""A correction to faust-streaming 0.15, applied once per process by create_app.
 
-Each replaces a method of Faust's classes (pinned: faust-streaming <0.16); an upgrade must run
+It replaces a method of Faust's classes (pinned: faust-streaming <0.16); an upgrade must run
 ``tests/processors`` and ``tests/faults`` again.
 
 Fetch wait: the aiokafka driver hard-codes ``fetch_max_wait_ms=1500``, and aiokafka keeps one
@@ -21,12 +21,7 @@ FETCH_MAX_WAIT_MS = 100
 
 
 def apply() -> None:
-    """Install the corrections (a second call does nothing)."""
-    _bound_fetch_wait()
-
-
-def _bound_fetch_wait() -> None:
-    """Make Faust's worker consumers use FETCH_MAX_WAIT_MS."""
+    """Make Faust's worker consumers fetch with FETCH_MAX_WAIT_MS (a second call does nothing)."""
     thread = faust_aiokafka.AIOKafkaConsumerThread
     create = thread._create_worker_consumer
     if getattr(create, "_nbstream", False):

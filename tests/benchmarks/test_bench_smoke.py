@@ -26,6 +26,7 @@ pytestmark = pytest.mark.kafka
 EXPECTED = [
     ("ingest", "2 processes, 32 clients", "accepted"),
     ("ingest", "1 process, 1 clients", "latency p99"),
+    ("ingest", "server floor (uvicorn, no work), 2 processes, 32 clients", "accepted"),
     ("processor", "1 worker, 100 rules", "events"),
     ("processor", "Faust floor (forward only)", "events"),
     ("processor", "logic only, 100 rules", "events"),
