@@ -1,36 +1,195 @@
-"""A correction to faust-streaming 0.15, applied once per process by create_app.
+"""Corrections to faust-streaming 0.15, applied once per process by create_app.
 
-It replaces a method of Faust's classes (pinned: faust-streaming <0.16); an upgrade must run
+They replace methods of Faust's classes (pinned: faust-streaming <0.16); an upgrade must run
 ``tests/processors`` and ``tests/faults`` again.
 
 Fetch wait: the aiokafka driver hard-codes ``fetch_max_wait_ms=1500``, and aiokafka keeps one
 fetch in flight per broker, so a fetch parked for partitions without new data holds back the
 records of the others: the agent's input stalled for 1.25-1.4 s at a time at 1,000 events/s.
 100 ms bounds that; an idle consumer fetches every 100 ms instead of 1.5 s.
+
+Offsets around rebalances (found by tests/faults/test_processor_rebalance.py: it lost an event
+in CI, and each cause removed exposed the next as reordered, stalled or re-routed records):
+
+- Faust remembers the last offset it handed to a stream per partition, drops fetched records
+  below it and marks offsets above it acknowledged (its "gaps"). Records fetched before a seek
+  still arrive after it, so the remembered offset ran ahead of the seek: a processor dropped the
+  379 records it had to read again, or acknowledged records it never routed. Here that map is
+  always empty, and ``processors.sequencer.Sequencer`` decides which records reach the stream;
+  the record callback asks it, and tells it about records that never arrived (cancelled on the
+  way, or cleared from a stream's buffer when Faust resumes the flow).
+- Faust committed a run of acknowledged offsets that started one past the committed offset, so
+  a record that was never acknowledged was committed over: the lost event. Here a commit starts
+  at the committed offset (or past a range the broker no longer has).
+- Faust forgot a revoked partition's acknowledged offsets before its revocation commit, so the
+  next owner routed them again, and it kept their unpublished outputs, published later out of
+  order. Here the commit comes first, then both are dropped.
 """
 
 from __future__ import annotations
 
+import logging
+from bisect import bisect_left
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.utils.functional import consecutive_numbers
+from mode import Service
+
+from processors.sequencer import Sequencer
 
 __all__ = ["FETCH_MAX_WAIT_MS", "apply"]
+
+log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 100
 
 
+class _NoReadOffsets(MutableMapping[Any, None]):
+    """Faust's read-offset map, never holding one: Faust neither drops nor gap-fills."""
+
+    def __getitem__(self, tp: Any) -> None:
+        return None
+
+    def __setitem__(self, tp: Any, offset: Any) -> None:
+        pass
+
+    def __delitem__(self, tp: Any) -> None:
+        pass
+
+    def __contains__(self, tp: object) -> bool:
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _in_sequence(consumer: Any, callback: Any) -> Any:
+    """Wrap the consumer's record callback so the stream gets what the Sequencer admits."""
+    app = consumer.app
+    acks_enabled_for = app.topics.acks_enabled_for
+    sequencer: Sequencer = consumer._sequencer
+
+    async def on_message(message: Any) -> Any:
+        if acks_enabled_for(message.topic):  # the raw topic; not table changelogs
+            live = (consumer.flow_active and app.flow_control.is_active()
+                    and message.generation_id == app.consumer_generation_id)
+            admitted, seek_to = sequencer.admit(message.tp, message.offset, live)
+            if seek_to is not None:
+                await consumer._thread.seek_wait({message.tp: seek_to})
+            if not admitted:
+                return None
+            try:
+                return await callback(message)
+            except BaseException:  # e.g. cancelled by the drain loop's race with stop_flow
+                sequencer.retract(message.tp, message.offset)
+                raise
+        return await callback(message)
+
+    return on_message
+
+
+def _retract_on_clear(flow_control: Any, sequencer: Sequencer) -> None:
+    """Tell the Sequencer which admitted records Faust drops when it clears the streams'
+    buffers (on every suspend and resume of the flow)."""
+    clear = flow_control.clear
+
+    def clear_and_retract() -> None:
+        for queue in flow_control._queues:
+            for item in queue._queue:  # the asyncio.Queue's deque
+                message = getattr(item, "message", None)
+                if message is not None:
+                    sequencer.retract(message.tp, message.offset)
+        clear()
+
+    flow_control.clear = clear_and_retract
+
+
+async def _perform_seek(self: Any) -> None:
+    """Seek every assigned partition to its committed offset and tell the Sequencer."""
+    committed = await self.seek_to_committed()
+    try:
+        first = await self.earliest_offsets(*committed)
+    except Exception as err:  # noqa: BLE001 - only retention detection depends on it
+        log.warning("could not read the partitions' first offsets: %s", err)
+        first = {}
+    for tp, offset in committed.items():
+        offset = offset if offset is not None and offset >= 0 else None
+        self._sequencer.sought(tp, offset, first.get(tp))
+        if offset is not None:
+            self._committed_offset[faust_consumer.ensure_TP(tp)] = offset or None
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """Return the offset to commit for ``tp``: one past the run of acknowledged offsets that
+    starts at the committed offset, or None while that offset is not acknowledged."""
+    acked = self._acked[tp]
+    acked.sort()
+    committed = self._committed_offset[tp]
+    if committed is not None:
+        base = self._sequencer.commit_base(tp, committed)
+        # An event the agent finished after its partition was revoked and assigned again is
+        # acknowledged below the committed offset the new assignment sought to.
+        below = bisect_left(acked, base)
+        self._acked_index[tp].difference_update(acked[:below])
+        del acked[:below]
+        if not acked or acked[0] != base:
+            return base if base != committed else None
+    if not acked:
+        return None
+    batch = next(consecutive_numbers(acked))
+    del acked[: len(batch)]
+    self._acked_index[tp].difference_update(batch)
+    return int(batch[-1]) + 1
+
+
+async def _on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
+    """Let the app commit what the agent finished (it stops the flow, waits for events in
+    progress and commits), then forget the revoked partitions and their unpublished outputs."""
+    if self._active_partitions is not None:
+        self._active_partitions.difference_update(revoked)
+    self._paused_partitions.difference_update(revoked)
+    await self._on_partitions_revoked(revoked)
+    pending = self.app._attachments._pending
+    for tp in revoked:
+        for bookkeeping in (self._gap, self._acked, self._acked_index, self._committed_offset,
+                            pending):
+            bookkeeping.pop(tp, None)
+    self._sequencer.forget(revoked)
+
+
 def apply() -> None:
-    """Make Faust's worker consumers fetch with FETCH_MAX_WAIT_MS (a second call does nothing)."""
+    """Install the corrections above on Faust's classes (a second call does nothing)."""
     thread = faust_aiokafka.AIOKafkaConsumerThread
-    create = thread._create_worker_consumer
-    if getattr(create, "_nbstream", False):
+    if getattr(thread._create_worker_consumer, "_nbstream", False):
         return
+    create = thread._create_worker_consumer
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the Fetcher at start()
         return consumer
 
+    consumer_class = faust_consumer.Consumer
+    init = consumer_class.__init__
+
+    def consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        # Both are bound by _drain_messages when the fetcher starts.
+        self._read_offset = _NoReadOffsets()
+        self._sequencer = Sequencer()
+        self.callback = _in_sequence(self, self.callback)
+        _retract_on_clear(self.app.flow_control, self._sequencer)
+
     create_worker_consumer._nbstream = True  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+    consumer_class.__init__ = consumer_init  # type: ignore[method-assign]
+    consumer_class.perform_seek = _perform_seek  # type: ignore[method-assign]
+    consumer_class._new_offset = _new_offset  # type: ignore[method-assign]
+    consumer_class.on_partitions_revoked = Service.transitions_to(  # type: ignore[method-assign]
+        faust_consumer.CONSUMER_PARTITIONS_REVOKED)(_on_partitions_revoked)

@@ -347,31 +347,32 @@ class FaultPipeline:
 
     def offsets(self) -> str:
         """Return end offsets of the raw and sink topics and the groups' committed offsets."""
-        try:
-            c = Consumer({"bootstrap.servers": self.settings.kafka.servers,
-                          "group.id": f"{self.prefix}diagnose"})
-        except Exception as err:  # noqa: BLE001 - diagnostics must not mask the failure
-            return f"(offsets unavailable: {err})"
         lines = []
+        for topic, group in ((self.topics.raw, self.topics.processor_group()),
+                             (self.topics.sink(self.sink), self.topics.sink_group(self.sink))):
+            try:
+                ends, committed = self.progress(topic, group)
+            except Exception as err:  # noqa: BLE001 - diagnostics must not mask the failure
+                lines.append(f"(offsets of {topic} unavailable: {err})")
+                continue
+            lines.append(f"{topic}: end={ends} committed[{group}]={committed}")
+        return "\n".join(lines)
+
+    def progress(self, topic: str, group: str) -> tuple[list[int], list[int]]:
+        """Return the end offsets of ``topic``'s partitions and ``group``'s committed offsets."""
+        tps = [TopicPartition(topic, i) for i in range(self.settings.kafka.partitions)]
+        c = Consumer({"bootstrap.servers": self.settings.kafka.servers, "group.id": group})
         try:
-            parts = range(self.settings.kafka.partitions)
-            for topic, group in ((self.topics.raw, self.topics.processor_group()),
-                                 (self.topics.sink(self.sink),
-                                  self.topics.sink_group(self.sink))):
-                tps = [TopicPartition(topic, i) for i in parts]
-                ends = [c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps]
-                g = Consumer({"bootstrap.servers": self.settings.kafka.servers,
-                              "group.id": group})
-                try:
-                    committed = [tp.offset for tp in g.committed(tps, timeout=5)]
-                finally:
-                    g.close()
-                lines.append(f"{topic}: end={ends} committed[{group}]={committed}")
-        except Exception as err:  # noqa: BLE001
-            lines.append(f"(offsets unavailable: {err})")
+            ends = [c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps]
+            committed = [tp.offset for tp in c.committed(tps, timeout=5)]
         finally:
             c.close()
-        return "\n".join(lines)
+        return ends, committed
+
+    def processor_caught_up(self) -> bool:
+        """Return True once the processor group committed every raw record."""
+        ends, committed = self.progress(self.topics.raw, self.topics.processor_group())
+        return ends == committed
 
     async def wait_ingest_ready(self, timeout: float = 90.0) -> None:
         """Wait until ingest's /readyz answers 200."""

@@ -61,6 +61,8 @@ async def test_second_processor_joins_under_load(
         load.cancel()
     await p.wait_delivered(acked_ids(posted), timeout=180)
     await asyncio.sleep(1.0)  # anything extra (a duplicate) would arrive now
+    # No partition stuck behind a record it never acknowledged: lag returns to zero.
+    await p.wait_for(p.processor_caught_up, 30, "the processor to commit every raw record")
     s = p.summarize(posted)
     owned = owned_raw_partitions(servers, p.topics.processor_group(), p.topics.raw)
     report("processor rebalance: second processor joins under load", s,

@@ -1,13 +1,19 @@
-"""Builders of NetBoxEvents from the real fixture payloads, shared by processor tests."""
+"""Builders of NetBoxEvents from the real fixture payloads, and raw-topic in, sink-topic out on
+the real broker: shared by processor tests."""
 
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+from confluent_kafka import Consumer, Producer
+
 from schemas.identity import object_key, source_id
 from schemas.records import EventType, NetBoxEvent
+from schemas.serde import make_serde
+from tests.e2e.harness import assert_alive
 
 _EVENTS = {"created": EventType.OBJECT_CREATED, "updated": EventType.OBJECT_UPDATED,
            "deleted": EventType.OBJECT_DELETED, "job_ended": EventType.JOB_COMPLETED}
@@ -43,3 +49,30 @@ def event_from_payload(p: dict[str, Any], netbox_id: str = "nb-test") -> NetBoxE
         data=json.dumps(data) if data is not None else None,
         snapshots=json.dumps(p["snapshots"]) if "snapshots" in p else None,
     )
+
+
+def produce(servers: str, topic: str, events: list[NetBoxEvent]) -> None:
+    """Publish events to the raw topic, keyed by object key."""
+    serde = make_serde(None)
+    p = Producer({"bootstrap.servers": servers})
+    for ev in events:
+        p.produce(topic, key=ev.object_key.encode(),
+                  value=serde.encode("NetBoxEvent", ev.to_dict(), topic))
+    assert p.flush(30) == 0
+
+
+def read_source_ids(consumer: Consumer, want: int, procs: list[Any], timeout: float = 40,
+                    grace: float = 3) -> list[str]:
+    """Read sink records until ``want`` arrived (or ``timeout``), then ``grace`` seconds more
+    so that an extra (duplicate) record would be seen; return their source ids."""
+    serde = make_serde(None)
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert_alive(procs)
+        if len(got) >= want:
+            deadline = min(deadline, time.monotonic() + grace)
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            got.append(str(serde.decode("SinkRecord", msg.value())["source_id"]))
+    return got

@@ -3,50 +3,19 @@ changelog restores what was routed)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
 from schemas.config import parse_settings
-from schemas.records import NetBoxEvent
-from schemas.serde import make_serde
 from schemas.topics import Topics
-from tests.e2e.harness import assert_alive, nbstream_processes
-from tests.processors.helpers import event_from_payload, fixture_payloads
+from tests.e2e.harness import nbstream_processes
+from tests.processors.helpers import event_from_payload, fixture_payloads, produce, read_source_ids
 
 pytestmark = pytest.mark.kafka
-
-
-def produce(servers: str, topic: str, events: list[NetBoxEvent]) -> None:
-    """Publish events to the raw topic, keyed by object key."""
-    serde = make_serde(None)
-    p = Producer({"bootstrap.servers": servers})
-    for ev in events:
-        p.produce(topic, key=ev.object_key.encode(),
-                  value=serde.encode("NetBoxEvent", ev.to_dict(), topic))
-    assert p.flush(30) == 0
-
-
-def read_source_ids(consumer: Consumer, want: int, procs: list[Any], timeout: float = 40,
-                    grace: float = 3) -> list[str]:
-    """Read sink records until ``want`` arrived (or ``timeout``), then ``grace`` seconds more
-    so that an extra (duplicate) record would be seen; return their source ids."""
-    serde = make_serde(None)
-    got: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert_alive(procs)
-        if len(got) >= want:
-            deadline = min(deadline, time.monotonic() + grace)
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            got.append(str(serde.decode("SinkRecord", msg.value())["source_id"]))
-    return got
 
 
 def test_repeated_source_id_is_dropped_even_after_restart(

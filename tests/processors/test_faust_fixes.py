@@ -1,0 +1,55 @@
+"""The commit offset nbstream computes in place of Faust's (processors.faust_fixes): never past
+a record the agent did not finish, past a range the broker no longer has."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+from processors import faust_fixes
+from processors.sequencer import Sequencer
+
+TP = ("t.events.raw", 0)
+
+
+def consumer(committed: int | None, acked: list[int]) -> Any:
+    """The part of Faust's consumer that its commit-offset method reads."""
+    return SimpleNamespace(_acked=defaultdict(list, {TP: list(acked)}),
+                           _acked_index=defaultdict(set, {TP: set(acked)}),
+                           _committed_offset=defaultdict(lambda: None, {TP: committed}),
+                           _sequencer=Sequencer())
+
+
+def test_commits_the_run_of_finished_records_from_the_committed_offset() -> None:
+    c = consumer(10, [12, 10, 11, 14])
+    assert faust_fixes._new_offset(c, TP) == 13
+    assert c._acked[TP] == [14] and c._acked_index[TP] == {14}
+
+
+def test_never_commits_past_a_record_the_agent_did_not_finish() -> None:
+    """Faust 0.15 committed 12 here, past the unfinished record at 10: the event lost in CI."""
+    c = consumer(10, [11])
+    assert faust_fixes._new_offset(c, TP) is None
+    c._acked[TP].append(10)
+    assert faust_fixes._new_offset(c, TP) == 12
+
+
+def test_acknowledgements_below_the_committed_offset_are_dropped() -> None:
+    c = consumer(10, [7, 8, 10])
+    assert faust_fixes._new_offset(c, TP) == 11
+    assert c._acked_index[TP] == set()
+
+
+def test_commits_past_a_range_the_broker_no_longer_has() -> None:
+    c = consumer(5, [])
+    c._sequencer.sought(TP, committed=5, first=20)
+    assert faust_fixes._new_offset(c, TP) == 20
+    c._committed_offset[TP] = 20
+    c._acked[TP].extend([20, 21])
+    assert faust_fixes._new_offset(c, TP) == 22
+
+
+def test_nothing_committed_yet_commits_the_first_run() -> None:
+    c = consumer(None, [0, 1, 2, 4])
+    assert faust_fixes._new_offset(c, TP) == 3
