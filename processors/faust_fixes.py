@@ -81,7 +81,11 @@ def _in_sequence(consumer: Any, callback: Any) -> Any:
                     and message.generation_id == app.consumer_generation_id)
             admitted, seek_to = sequencer.admit(message.tp, message.offset, live)
             if seek_to is not None:
-                await consumer._thread.seek_wait({message.tp: seek_to})
+                try:
+                    await consumer._thread.seek_wait({message.tp: seek_to})
+                except Exception as err:  # noqa: BLE001 - the next record out of order retries
+                    log.warning("seek of %s back to %d failed: %s", message.tp, seek_to, err)
+                    sequencer.seek_failed(message.tp)
             if not admitted:
                 return None
             try:
@@ -180,9 +184,9 @@ def apply() -> None:
 
     def consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        # Both are bound by _drain_messages when the fetcher starts.
-        self._read_offset = _NoReadOffsets()
         self._sequencer = Sequencer()
+        # _drain_messages binds these two when the fetcher starts.
+        self._read_offset = _NoReadOffsets()
         self.callback = _in_sequence(self, self.callback)
         _retract_on_clear(self.app.flow_control, self._sequencer)
 

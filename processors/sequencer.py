@@ -97,6 +97,12 @@ class Sequencer:
             p.expected = offset
             p.realigning, p.sought_back = True, False
 
+    def seek_failed(self, tp: Hashable) -> None:
+        """The seek back that ``admit`` asked for failed: ask again at the next record."""
+        p = self._partitions.get(tp)
+        if p is not None:
+            p.sought_back = False
+
     def commit_base(self, tp: Hashable, committed: int) -> int:
         """Return the offset the next commit of ``tp`` starts from: ``committed``, moved past
         any range the broker no longer has."""

@@ -124,3 +124,12 @@ def test_an_unknown_start_takes_the_first_record_after_the_seek() -> None:
     seq.sought(TP, committed=None, first=None)
     admitted, _ = feed(seq, [12, 13])
     assert admitted == [12, 13]
+
+
+def test_a_failed_seek_back_is_asked_for_again() -> None:
+    seq = Sequencer()
+    seq.sought(TP, committed=50, first=0)
+    _, seeks = feed(seq, [52])
+    seq.seek_failed(TP)
+    _, again = feed(seq, [53, 54])
+    assert seeks == [50] and again == [50]
