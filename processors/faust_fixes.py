@@ -23,7 +23,8 @@ in CI, and each cause removed exposed the next as reordered, stalled or re-route
   at the committed offset (or past a range the broker no longer has).
 - Faust forgot a revoked partition's acknowledged offsets before its revocation commit, so the
   next owner routed them again, and it kept their unpublished outputs, published later out of
-  order. Here the commit comes first, then both are dropped.
+  order; and its revocation commit returned at once when a timer commit was under way. Here
+  the revocation commits everything the agent finished, then drops both.
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ async def _on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
         self._active_partitions.difference_update(revoked)
     self._paused_partitions.difference_update(revoked)
     await self._on_partitions_revoked(revoked)
+    # The app's own commit returns at once if a timer commit was under way, leaving what the
+    # agent finished since then to the next owner: commit that too.
+    await self.commit()
     pending = self.app._attachments._pending
     for tp in revoked:
         for bookkeeping in (self._gap, self._acked, self._acked_index, self._committed_offset,

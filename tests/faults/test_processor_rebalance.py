@@ -1,6 +1,6 @@
 """A second processor joins the group under load. Faust moves raw partitions to it while the
-first has batches routed and published but not yet acknowledged: nothing is lost, duplicates
-keep their egress_id, per-object order holds at the destination, and both processors own
+first has records routed but not yet committed: nothing is lost or delivered twice, per-object
+order holds at the destination, the group commits every raw record, and both processors own
 partitions afterwards."""
 
 from __future__ import annotations
@@ -72,3 +72,5 @@ async def test_second_processor_joins_under_load(
     assert len(owned) == 2 and all(owned), owned
     assert sorted(sum(owned, [])) == list(range(6))
     assert_sound(s, p)
+    # DESIGN §9: duplicates only after a crash. The leaving owner commits what it routed.
+    assert s.duplicates == 0, s.line()
