@@ -194,10 +194,18 @@ def apply() -> None:
         self.callback = _in_sequence(self, self.callback)
         _retract_on_clear(self.app.flow_control, self._sequencer)
 
+    resume_flow = consumer_class.resume_flow
+
+    def resume_flow_and_refetch(self: Any) -> None:
+        resume_flow(self)
+        for tp, offset in self._sequencer.owed_seeks().items():
+            self._thread.seek(tp, offset)  # what Faust's own Consumer._seek does
+
     create_worker_consumer._nbstream = True  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
     consumer_class.__init__ = consumer_init  # type: ignore[method-assign]
     consumer_class.perform_seek = _perform_seek  # type: ignore[method-assign]
+    consumer_class.resume_flow = resume_flow_and_refetch  # type: ignore[method-assign]
     consumer_class._new_offset = _new_offset  # type: ignore[method-assign]
     consumer_class.on_partitions_revoked = Service.transitions_to(  # type: ignore[method-assign]
         faust_consumer.CONSUMER_PARTITIONS_REVOKED)(_on_partitions_revoked)

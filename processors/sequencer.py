@@ -7,6 +7,9 @@ so every rule below has a unit test.
 
 - Nothing is handed on for a partition before its first seek since it was assigned: Faust can
   fetch (and, if its flow was never suspended, deliver) records of a new assignment first.
+- Every record dropped before it was handed on strands its partition: when the flow resumes,
+  the partition is sought back to the expected offset, so the dropped records come again even
+  if nothing newer arrives to reveal the gap.
 - A seek (to the committed offset, after every rebalance) sets the next expected offset and
   starts a *realignment*: records Faust fetched before the seek can still arrive afterwards, from
   further on. They are dropped, and the first of them triggers one seek back to the expected
@@ -39,8 +42,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Partition:
     expected: int | None = None
+    known: bool = False  # sought since it was assigned
     realigning: bool = False
     sought_back: bool = False
+    stranded: bool = False  # a record not yet handed on was dropped: the fetch moved past it
     missing: dict[int, int] = field(default_factory=dict)  # first missing offset -> next present
 
 
@@ -55,6 +60,7 @@ class Sequencer:
         reads from ``first``, the partition's first offset on the broker (None: unknown, so
         the first record fetched starts the sequence)."""
         p = self._partitions.setdefault(tp, _Partition())
+        p.known = True
         if committed is not None and first is not None and committed < first:
             log.warning("%s: offsets %d-%d were removed by the broker (retention) before the "
                         "processor read them", tp, committed, first - 1)
@@ -65,12 +71,11 @@ class Sequencer:
     def admit(self, tp: Hashable, offset: int, live: bool) -> tuple[bool, int | None]:
         """Return whether the stream gets the record at ``tp``/``offset``, and an offset to seek
         ``tp`` back to (or None). ``live``: flow active and the record of this generation."""
-        p = self._partitions.get(tp)
-        if p is None:  # not sought since it was assigned; the seek fetches it again
-            return False, None
+        p = self._partitions.setdefault(tp, _Partition())
         expected = p.expected
-        if not live:
-            if offset == expected:
+        if not p.known or not live:
+            if expected is None or offset >= expected:
+                p.stranded = True
                 p.realigning, p.sought_back = True, False
             return False, None
         if expected is None or offset == expected:
@@ -95,7 +100,18 @@ class Sequencer:
         p = self._partitions.get(tp)
         if p is not None and p.expected is not None and offset < p.expected:
             p.expected = offset
-            p.realigning, p.sought_back = True, False
+            p.realigning, p.sought_back, p.stranded = True, False, True
+
+    def owed_seeks(self) -> dict[Hashable, int]:
+        """Return the partitions whose dropped records must be fetched again, with the offset
+        to seek each back to; call when the flow resumes, after which records are live. Without
+        it a partition that gets no newer record (no traffic) would wait for one."""
+        owed = {}
+        for tp, p in self._partitions.items():
+            if p.known and p.stranded and p.expected is not None:
+                owed[tp] = p.expected
+                p.stranded, p.sought_back = False, True
+        return owed
 
     def seek_failed(self, tp: Hashable) -> None:
         """The seek back that ``admit`` asked for failed: ask again at the next record."""

@@ -133,3 +133,15 @@ def test_a_failed_seek_back_is_asked_for_again() -> None:
     seq.seek_failed(TP)
     _, again = feed(seq, [53, 54])
     assert seeks == [50] and again == [50]
+
+
+def test_records_dropped_before_the_flow_resumed_are_fetched_again_without_newer_ones() -> None:
+    """Two records fetched while the seek was under way, then no traffic: when the flow
+    resumes, the partition is sought back; nothing newer has to arrive first."""
+    seq = Sequencer()
+    feed(seq, [3, 4])  # not yet sought: dropped
+    seq.sought(TP, committed=3, first=0)
+    assert seq.owed_seeks() == {TP: 3}
+    assert seq.owed_seeks() == {}
+    admitted, seeks = feed(seq, [3, 4])
+    assert admitted == [3, 4] and seeks == []
