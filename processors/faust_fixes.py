@@ -17,7 +17,8 @@ in CI, and each cause removed exposed the next as reordered, stalled or re-route
   379 records it had to read again, or acknowledged records it never routed. Here that map is
   always empty, and ``processors.sequencer.Sequencer`` decides which records reach the stream;
   the record callback asks it, and tells it about records that never arrived (cancelled on the
-  way, or cleared from a stream's buffer when Faust resumes the flow).
+  way, or cleared from a stream's buffer when Faust resumes the flow); when the flow resumes,
+  partitions whose records were dropped are sought back so they are fetched again.
 - Faust committed a run of acknowledged offsets that started one past the committed offset, so
   a record that was never acknowledged was committed over: the lost event. Here a commit starts
   at the committed offset (or past a range the broker no longer has).

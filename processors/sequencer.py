@@ -48,6 +48,10 @@ class _Partition:
     stranded: bool = False  # a record not yet handed on was dropped: the fetch moved past it
     missing: dict[int, int] = field(default_factory=dict)  # first missing offset -> next present
 
+    def realign(self) -> None:
+        """Expect ``expected`` again: drop what comes past it, and seek back once if needed."""
+        self.realigning, self.sought_back = True, False
+
 
 class Sequencer:
     """Per-partition sequence of the records handed to the stream."""
@@ -66,7 +70,7 @@ class Sequencer:
                         "processor read them", tp, committed, first - 1)
             p.missing[committed] = first
         p.expected = first if committed is None else max(committed, first or 0)
-        p.realigning, p.sought_back = True, False
+        p.realign()
 
     def admit(self, tp: Hashable, offset: int, live: bool) -> tuple[bool, int | None]:
         """Return whether the stream gets the record at ``tp``/``offset``, and an offset to seek
@@ -76,7 +80,7 @@ class Sequencer:
         if not p.known or not live:
             if expected is None or offset >= expected:
                 p.stranded = True
-                p.realigning, p.sought_back = True, False
+                p.realign()
             return False, None
         if expected is None or offset == expected:
             p.expected, p.realigning = offset + 1, False
@@ -99,8 +103,8 @@ class Sequencer:
         or cleared from the stream's buffer): expect it again, fetched anew."""
         p = self._partitions.get(tp)
         if p is not None and p.expected is not None and offset < p.expected:
-            p.expected = offset
-            p.realigning, p.sought_back, p.stranded = True, False, True
+            p.expected, p.stranded = offset, True
+            p.realign()
 
     def owed_seeks(self) -> dict[Hashable, int]:
         """Return the partitions whose dropped records must be fetched again, with the offset
