@@ -1,6 +1,6 @@
-"""Faust's own ceiling: an agent that forwards every raw record unchanged to the ``bench`` sink
-topic, built with the processor's app settings (publish on commit, acks=all, 50 ms commits) and
-nothing of nbstream's per-event work (no decode, no rules, no dedup, no metrics).
+"""Faust's own ceiling: the processor's agent (the same batches, producer and acknowledgements,
+``processors.agents.register_router``) with a per-record step that forwards each raw record
+unchanged to the ``bench`` sink topic: no decode, rules, dedup or metrics.
 
 Its rate next to the processor's shows how much of the processor's cost is the framework's.
 
@@ -16,8 +16,10 @@ from typing import Any
 import faust
 
 from nbstream.loader import load
+from processors.agents import register_router
 from processors.app import create_app
 from processors.channels import kafka_channels
+from processors.publisher import KafkaPublisher, Output, publisher_config
 
 
 def main() -> None:
@@ -25,16 +27,20 @@ def main() -> None:
     settings = load(Path(sys.argv[1]))
     app = create_app(settings)
     channels = kafka_channels(app, settings)
-    out = channels.sinks["bench"]
+    topic = channels.names.sink("bench")
 
-    @app.agent(channels.raw, name="forward", concurrency=1)
-    async def forward(stream: Any) -> None:
-        async for event in stream.events():
-            await out.send(key=event.key, value=event.value)
+    def forward(event: Any, outputs: list[Output]) -> None:
+        outputs.append(Output(topic, event.key, event.value, []))
 
+    publisher = KafkaPublisher(publisher_config(settings))
+    p = settings.processor
+    register_router(app, channels.raw, forward, publisher, p.batch_size, p.batch_linger)
     worker = faust.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False)
     worker.spinner = None  # as processors.worker does: no DEBUG root logger
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        publisher.close(timeout=10)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,8 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     )
 
 
-def create_app(settings: Settings, publish_on_commit: bool = True) -> faust.App:
-    """Return the processor's Faust app: group = ``<prefix>processor``, memory store.
-
-    ``publish_on_commit=False`` is only for ``agent.test_context()``, which never commits.
-    """
+def create_app(settings: Settings) -> faust.App:
+    """Return the processor's Faust app: group = ``<prefix>processor``, memory store."""
     faust_fixes.apply()
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
@@ -56,10 +53,9 @@ def create_app(settings: Settings, publish_on_commit: bool = True) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=8 * 1024 * 1024,
-        # Outputs are attached to their input's offset, published at commit time and awaited
-        # before the offset is committed; a failed publish crashes the worker instead of
-        # committing. This is what makes "commit input only after outputs are acked" hold.
-        stream_publish_on_commit=publish_on_commit,
+        # Faust commits acknowledged offsets only; the route agent acknowledges a record when
+        # the broker stored its outputs (processors.agents), so this only bounds how much is
+        # routed again after a crash, not the latency.
         broker_commit_interval=settings.processor.commit_interval,
         broker_commit_every=5_000,
     )

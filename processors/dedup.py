@@ -6,20 +6,45 @@ tumbling window of ``window`` seconds (processing time), checked in the current 
 window, so a repeat within at least ``window`` seconds is caught. Its changelog topic lets it
 survive restarts and rebalances; windows expire after twice the window.
 
+The table's changelog records are not sent by Faust's producer but appended to the agent's
+batch of outputs (``first_time(..., outputs)``), so they are published with the routed records
+by the same idempotent producer and acknowledged with them. Faust's per-record producer path
+cost more than the rest of the dedup step on the reference host.
+
 The table remembers *which* raw record (its offset) carried the source id, and only another
-record with the same id is a duplicate. A table write reaches its changelog at once, while the
-routed outputs are published only at the next commit: after a crash in between, the restored
-table already holds the id of a record whose outputs were never sent, and that record is read
-again from the committed offset. It must then be routed again, not dropped as its own duplicate.
+record with the same id is a duplicate. A crash after a batch's changelog records reached the
+broker but before its input offsets were committed leaves the restored table holding the ids of
+records that are read again from the committed offset. They must then be routed again, not
+dropped as their own duplicates.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 
+from processors.publisher import Output
+
 __all__ = ["Deduplicator"]
+
+
+class _BatchedChangelogTable(faust.Table[str, int]):
+    """A Faust table whose changelog records go into the agent's current batch of outputs."""
+
+    batch: list[Output]
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: Any = None, value_serializer: Any = None) -> Any:
+        """Serialise as Faust would (recovery reads these records back), append to the batch."""
+        topic = self.changelog_topic
+        k, _ = topic.prepare_key(key, key_serializer or self.key_serializer)
+        v, _ = topic.prepare_value(value, value_serializer or self.value_serializer)
+        self.batch.append(Output(topic.get_topic_name(), k, v, [],
+                                 -1 if partition is None else partition))
+        # Faust's on_key_set reads the partition from the returned future's message.
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
 
 class Deduplicator:
@@ -27,17 +52,18 @@ class Deduplicator:
 
     def __init__(self, app: faust.App, window: float, partitions: int) -> None:
         self.window = window
-        self.table: Any = (
-            app.Table("dedup", default=int, partitions=partitions, key_type=str,
-                      value_type=int,
-                      help="source_id -> raw offset + 1 of the record that routed it")
-            .tumbling(window, expires=2 * window)
-            .relative_to_now()
-        )
+        # What app.Table() does, with the subclass (Faust's types do not allow int values).
+        types: dict[str, Any] = {"key_type": str, "value_type": int}
+        self._table = _BatchedChangelogTable(
+            app, name="dedup", default=int, partitions=partitions, beacon=app.tables.beacon,
+            help="source_id -> raw offset + 1 of the record that routed it", **types)
+        app.tables.add(self._table)
+        self.table: Any = self._table.tumbling(window, expires=2 * window).relative_to_now()
 
-    def first_time(self, source_id: str, offset: int) -> bool:
+    def first_time(self, source_id: str, offset: int, outputs: list[Output]) -> bool:
         """Return False if a record other than the one at raw ``offset`` carried ``source_id``
-        within the window; else remember that this record carries it and return True."""
+        within the window; else remember that this record carries it (its changelog record is
+        appended to ``outputs``) and return True."""
         # Table keys live in the raw record's partition (one source id, one object key, one
         # partition), so the offset alone names the record; 0 is the table's "never seen".
         marker = offset + 1
@@ -45,5 +71,6 @@ class Deduplicator:
         routed_by = seen.now() or seen.delta(self.window)
         if routed_by and routed_by != marker:
             return False
+        self._table.batch = outputs
         self.table[source_id] = marker
         return True

@@ -23,9 +23,9 @@ in CI, and each cause removed exposed the next as reordered, stalled or re-route
   a record that was never acknowledged was committed over: the lost event. Here a commit starts
   at the committed offset (or past a range the broker no longer has).
 - Faust forgot a revoked partition's acknowledged offsets before its revocation commit, so the
-  next owner routed them again, and it kept their unpublished outputs, published later out of
-  order; and its revocation commit returned at once when a timer commit was under way. Here
-  the revocation commits everything the agent finished, then drops both.
+  next owner routed them again; and its revocation commit returned at once when a timer commit
+  was under way. Here the revocation commits everything the agent finished, then forgets the
+  partition.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def _new_offset(self: Any, tp: Any) -> int | None:
 
 async def _on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
     """Let the app commit what the agent finished (it stops the flow, waits for events in
-    progress and commits), then forget the revoked partitions and their unpublished outputs."""
+    progress and commits), then forget the revoked partitions."""
     if self._active_partitions is not None:
         self._active_partitions.difference_update(revoked)
     self._paused_partitions.difference_update(revoked)
@@ -164,10 +164,8 @@ async def _on_partitions_revoked(self: Any, revoked: set[Any]) -> None:
     # The app's own commit returns at once if a timer commit was under way, leaving what the
     # agent finished since then to the next owner: commit that too.
     await self.commit()
-    pending = self.app._attachments._pending
     for tp in revoked:
-        for bookkeeping in (self._gap, self._acked, self._acked_index, self._committed_offset,
-                            pending):
+        for bookkeeping in (self._gap, self._acked, self._acked_index, self._committed_offset):
             bookkeeping.pop(tp, None)
     self._sequencer.forget(revoked)
 

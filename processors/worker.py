@@ -10,11 +10,12 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
-from processors.agents import register_router
+from processors.agents import event_router, register_router
 from processors.app import create_app
 from processors.channels import Channels, kafka_channels
 from processors.dedup import Deduplicator
 from processors.metrics import ProcessorMetrics
+from processors.publisher import KafkaPublisher, Publisher, publisher_config
 from processors.routing import RecordFactory
 from processors.rules import RuleEngine
 from schemas.config import Settings
@@ -23,6 +24,9 @@ from schemas.serde import make_serde
 __all__ = ["Processor", "build_processor", "run_processor"]
 
 log = logging.getLogger(__name__)
+
+# How long a stopping processor keeps delivering outputs that are already queued.
+_FLUSH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Processor:
     engine: RuleEngine
     metrics: ProcessorMetrics
     registry: CollectorRegistry
+    publisher: Publisher
 
 
 def build_processor(
@@ -42,14 +47,17 @@ def build_processor(
     version: str,
     channels: Callable[[faust.App, Settings], Channels] = kafka_channels,
     registry: CollectorRegistry | None = None,
-    publish_on_commit: bool = True,
+    publisher: Callable[[Settings, Channels], Publisher] | None = None,
     dedup: bool = True,
 ) -> Processor:
-    """Build the app and its agent. ``channels`` lets tests swap topics for in-memory channels;
-    ``dedup=False`` leaves out the dedup table (it needs a broker for its changelog)."""
+    """Build the app and its agent. ``channels`` and ``publisher`` let tests swap topics for
+    in-memory channels; ``dedup=False`` leaves out the dedup table (it needs a broker for its
+    changelog)."""
     registry = registry or CollectorRegistry()
-    app = create_app(settings, publish_on_commit)
+    app = create_app(settings)
     ch = channels(app, settings)
+    out = (publisher(settings, ch) if publisher is not None
+           else KafkaPublisher(publisher_config(settings)))
     engine = RuleEngine(settings.rules)
     metrics = ProcessorMetrics.create(registry, [r.name for r in settings.rules if r.enabled],
                                       settings.enabled_sinks())
@@ -57,8 +65,11 @@ def build_processor(
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
     window = settings.processor.dedup_window
     table = Deduplicator(app, window, settings.kafka.partitions) if window and dedup else None
-    agent = register_router(app, ch, engine, factory, serde, metrics, table)
-    return Processor(app, agent, ch, engine, metrics, registry)
+    p = settings.processor
+    route_event = event_router(ch, engine, factory, serde, metrics, table)
+    agent = register_router(app, ch.raw, route_event, out, batch_size=p.batch_size,
+                            batch_linger=p.batch_linger)
+    return Processor(app, agent, ch, engine, metrics, registry, out)
 
 
 def run_processor(settings: Settings, version: str, loglevel: str = "warn",
@@ -74,4 +85,7 @@ def run_processor(settings: Settings, version: str, loglevel: str = "warn",
     # and writes escape codes into logs: every debug call of Faust and aiokafka then builds a
     # record that is dropped. Without it the processor spends ~20% less CPU per event.
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        proc.publisher.close(timeout=_FLUSH_TIMEOUT)

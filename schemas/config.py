@@ -141,8 +141,15 @@ class ProcessorSettings(_Model):
     web_port: int = Field(6066, ge=0, le=65535, description="Faust web port (/metrics); 0 = off.")
     data_dir: Path = Field(Path("var/processor"), description="Faust data directory.")
     commit_interval: float = Field(
-        0.05, gt=0, description="Seconds between commits; outputs are published and acknowledged "
-        "before each commit, so this bounds the processor's added latency.",
+        0.5, gt=0, description="Seconds between commits of acknowledged input offsets (a record "
+        "is acknowledged once its outputs are stored); bounds what is routed again after a "
+        "crash, not the latency.",
+    )
+    batch_size: int = Field(
+        500, ge=1, description="Most raw records the agent routes and publishes as one batch.")
+    batch_linger: float = Field(
+        0.005, gt=0, description="Seconds the agent waits for a batch to fill before routing "
+        "what it has (the processor's added latency at low rates).",
     )
     dedup_window: float = Field(
         600.0, ge=0, description="Seconds within which a repeated source_id is dropped "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import faust
 
 from processors.channels import Channels
+from processors.publisher import Output
 from processors.worker import build_processor
 from schemas.config import Settings, parse_settings
 from schemas.identity import egress_id
@@ -36,6 +38,26 @@ def memory_channels(app: faust.App, settings: Settings) -> Channels:
                     names=Topics(settings.kafka.topic_prefix))
 
 
+class ChannelPublisher:
+    """Publishes the agent's outputs to the in-memory channels standing in for their topics."""
+
+    def __init__(self, settings: Settings, channels: Channels) -> None:
+        names = channels.names
+        self._by_topic = {names.invalid: channels.invalid,
+                          **{names.sink(n): ch for n, ch in channels.sinks.items()}}
+
+    async def publish(self, outputs: Sequence[Output]) -> asyncio.Future[None]:
+        for out in outputs:
+            await self._by_topic[out.topic].send(key=out.key, value=out.value,
+                                                 headers=out.headers)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def close(self, timeout: float) -> None:
+        """Nothing is queued."""
+
+
 def subscribe(channel: Any) -> Any:
     """Return a subscriber of an in-memory channel (channels only deliver to subscribers)."""
     return channel.__aiter__()
@@ -53,7 +75,7 @@ async def drain(subscriber: Any) -> list[Any]:
 
 async def test_agent_routes_fixture_events_per_sink_in_order() -> None:
     """Every fixture goes in; each sink gets exactly its events, keyed and ordered, once."""
-    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False,
+    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publisher=ChannelPublisher,
                            dedup=False)
     serde = make_serde(None)
     events = [event_from_payload(p) for p in fixture_payloads()]
@@ -89,7 +111,7 @@ async def test_agent_routes_fixture_events_per_sink_in_order() -> None:
 
 async def test_agent_sends_poison_records_to_invalid_and_continues() -> None:
     """Garbage on the raw topic goes to the invalid channel with headers; the stream goes on."""
-    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publish_on_commit=False,
+    proc = build_processor(SETTINGS, "9.9.9", channels=memory_channels, publisher=ChannelPublisher,
                            dedup=False)
     serde = make_serde(None)
     ev = event_from_payload(fixture_payloads()[-5])  # a delete
