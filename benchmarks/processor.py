@@ -2,12 +2,12 @@
 
 The raw topic (6 partitions) is filled beforehand with N distinct NetBox events (the captured
 object events, each with its own object id and request id, normalised and Avro-encoded exactly
-as ingest would), then ``nbstream process`` runs as in production (Faust, the dedup table with
-its changelog, outputs published and acknowledged before each commit). The rate
-counts the records routed to the sink topic, from the first to the last, so Faust's start-up is
-not timed; the run ends only once the processor also committed every raw offset. Every rule
-has conditions and routes to the one sink ``bench``; the rules spread over the 8 object types
-of the fixtures, so with 100 rules an event is tested against ~13.
+as ingest would), then ``nbstream process`` runs as in production (Faust, the batched route
+agent, the dedup table with its changelog, each batch acknowledged once its outputs are
+stored). The rate counts the records routed to the sink topic, from the first to the last, so
+Faust's start-up is not timed; the run ends only once the processor also committed every raw
+offset. Every rule has conditions and routes to the one sink ``bench``; the rules spread over
+the 8 object types of the fixtures, so with 100 rules an event is tested against ~13.
 """
 
 from __future__ import annotations
