@@ -3,9 +3,12 @@ a record the agent did not finish, past a range the broker no longer has."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
+
+from faust.transport import consumer as faust_consumer
 
 from processors import faust_fixes
 from processors.sequencer import Sequencer
@@ -53,3 +56,36 @@ def test_commits_past_a_range_the_broker_no_longer_has() -> None:
 def test_nothing_committed_yet_commits_the_first_run() -> None:
     c = consumer(None, [0, 1, 2, 4])
     assert faust_fixes._new_offset(c, TP) == 3
+
+
+class _Committing:
+    """A consumer with Faust's own ``commit()`` (one commit at a time; a caller arriving during
+    a commit waits for it and returns without committing); ``force_commit`` notes how far the
+    acknowledged offsets reached when a commit ran."""
+
+    commit = faust_consumer.Consumer.commit
+    maybe_wait_for_commit_to_finish = faust_consumer.Consumer.maybe_wait_for_commit_to_finish
+
+    def __init__(self) -> None:
+        self.app = SimpleNamespace(client_only=False)
+        self.loop = asyncio.get_running_loop()
+        self._commit_fut: asyncio.Future[None] | None = None
+        self.acked_up_to = 0
+        self.committed: list[int] = []
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        reached = self.acked_up_to
+        await asyncio.sleep(0.01)  # the broker round trip
+        self.committed.append(reached)
+        return True
+
+
+async def test_revocation_commit_commits_what_was_acknowledged_during_a_timer_commit() -> None:
+    consumer = _Committing()
+    consumer.acked_up_to = 10
+    timer = asyncio.ensure_future(consumer.commit())  # the timer's commit, under way
+    await asyncio.sleep(0)
+    consumer.acked_up_to = 20  # the agent acknowledged a batch meanwhile
+    await faust_fixes.commit_now(consumer)
+    await timer
+    assert consumer.committed == [10, 20]
