@@ -1,4 +1,4 @@
-"""Structured logging for every nbstream process: human text (default) or JSON lines.
+"""Structured logging for every nbstream process: human text (the CLI default) or JSON lines.
 
 Both carry the fields passed with ``extra=`` (the sink, the error, how many records): text
 appends them as ``key=value``, so the default format loses nothing a JSON shipper would get.
