@@ -48,14 +48,9 @@ def end_offsets(servers: str, topic: str) -> int:
         probe.close()
 
 
-def committed(servers: str, group: str, topic: str, partitions: int) -> int:
-    """Return the sum of ``group``'s committed offsets on ``topic``."""
-    probe = Consumer({"bootstrap.servers": servers, "group.id": group})
-    try:
-        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        probe.close()
+def raw_committed(p: FaultPipeline) -> int:
+    """Return the sum of the processor group's committed offsets on the raw topic."""
+    return sum(max(offset, 0) for offset in p.progress(p.topics.raw, p.topics.processor_group())[1])
 
 
 async def restore_and_deliver(p: FaultPipeline, posted: list[Posted]) -> Summary:
@@ -96,8 +91,7 @@ async def test_record_reprocessed_after_a_crash_is_not_its_own_duplicate(
     await p.wait_for(lambda: end_offsets(servers, changelog) >= len(events), 120,
                      "dedup changelog entries")
     p.kill("process")
-    assert committed(servers, p.topics.processor_group(), p.topics.raw,
-                     p.settings.kafka.partitions) == 0
+    assert raw_committed(p) == 0
     s = await restore_and_deliver(p, posted)
     report("dedup after processor kill -9 with outputs not stored", s, "")
     assert s.lost == 0 and s.delivered == len(events)
@@ -129,8 +123,7 @@ async def test_processor_stops_without_committing_when_outputs_cannot_be_stored(
         await asyncio.sleep(0.2)
     assert proc.returncode not in (None, 0)
     assert "output not stored" in p.tail("process", 20_000)
-    assert committed(servers, p.topics.processor_group(), p.topics.raw,
-                     p.settings.kafka.partitions) == 0
+    assert raw_committed(p) == 0
 
     s = await restore_and_deliver(p, posted)
     assert s.lost == 0 and s.delivered == len(posted)
