@@ -93,7 +93,16 @@ class Receiver:
 
 
 class _ReceiverServer(ThreadingHTTPServer):
-    """A threaded HTTP server that stays quiet about connections a killed client reset."""
+    """A threaded HTTP server that stays quiet about connections a killed client reset.
+
+    Its listen backlog is 128, not socketserver's 5: a sink opening its pool (64 connections)
+    at once overflowed 5, and the kernel then completed those connections seconds later, so a
+    request the sink had abandoned at its 10 s timeout (and retried) still arrived, after newer
+    records of its object: 122 overflows in one run of the processor rebalance test, and a CI
+    run that saw stale states delivered last.
+    """
+
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore connection resets; report anything else as usual."""
