@@ -176,16 +176,28 @@ def test_message_is_raw_text_not_reserialised() -> None:
            '"object_type":"dcim.site","data":{"id":1,"name":"caf\\u00e9"}}')
     event = run(json.loads(raw), raw)
     assert event.message == raw
-    assert event.data == '{"id":1,"name":"caf\\u00e9"}'
+    # The derived fields are compact JSON with non-ASCII text as UTF-8, not escaped.
+    assert event.data == '{"id":1,"name":"café"}'
 
 
 def test_lone_surrogate_stays_encodable() -> None:
     """A lone \\ud800 escape in data is kept escaped, so the Avro UTF-8 encoder accepts it."""
     raw = ('{"event":"created","timestamp":"2026-11-22T05:00:31+00:00",'
-           '"object_type":"dcim.site","data":{"id":1,"name":"\\ud800"}}')
+           '"object_type":"dcim.site","data":{"id":1,"name":"\\ud800","city":"Zürich"}}')
     event = run(json.loads(raw), raw)
-    assert event.data is not None
+    assert event.data == '{"id":1,"name":"\\ud800","city":"Z\\u00fcrich"}'
     event.data.encode("utf-8")
+
+
+def test_integers_beyond_64_bits_kept_exactly() -> None:
+    """A custom field holding a 30-digit integer keeps every digit in data and snapshots."""
+    big = 123456789012345678901234567890
+    payload = device_payload(context={"n": -big})
+    payload["data"]["custom_fields"] = {"serial": big}
+    event = run(payload)
+    assert event.data is not None and event.context is not None
+    assert json.loads(event.data)["custom_fields"]["serial"] == big
+    assert event.context == '{"n":-123456789012345678901234567890}'
 
 
 @pytest.mark.parametrize(("status", "expected"), [
@@ -272,3 +284,18 @@ def test_reason_shortens_huge_values() -> None:
     with pytest.raises(NotANetBoxEvent) as info:
         run(device_payload(object_type="x" * 10_000))
     assert len(str(info.value)) < 200
+
+
+def test_deep_nesting_kept_or_refused_with_a_reason() -> None:
+    """Data nested deeper than orjson goes (254) is still stored; deeper than Python can
+    encode is refused as not storable, not a crash."""
+    deep: Any = [1]
+    for _ in range(260):
+        deep = [deep]
+    payload = device_payload(context={"deep": deep})
+    event = run(payload)
+    assert event.context is not None and json.loads(event.context) == {"deep": deep}
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(NotANetBoxEvent, match="nested too deeply"):
+        run(device_payload(context={"deep": deep}), raw="{}")
