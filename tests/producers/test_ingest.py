@@ -17,11 +17,10 @@ import httpx
 import pytest
 import uvicorn
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
-from starlette.applications import Starlette
 
 from nbstream.admin import ensure_topics
 from nbstream.kafka_local import LocalBroker
-from producers.ingest import create_app
+from producers.ingest import IngestApp, create_app
 from producers.normalize import normalize
 from producers.signature import sign
 from schemas.config import Settings
@@ -44,7 +43,7 @@ METRIC_NAMES = (
 
 
 @contextmanager
-def serve(app: Starlette) -> Iterator[str]:
+def serve(app: IngestApp) -> Iterator[str]:
     """Run ``app`` under a real uvicorn server on a free port; yield its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
@@ -284,3 +283,35 @@ def test_broker_down_answers_503(kafka_broker: LocalBroker, topic_prefix: str) -
         assert_error(ready, 503, "not_ready")
         assert client.get("/healthz").status_code == 200
         assert 'nbstream_ingest_requests_total{status="503"} 1.0' in client.get("/metrics").text
+
+
+class _BrokenProducer:
+    """A producer with a bug: its produce raises what no contract allows."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def produce(self, topic: str, key: bytes, value: bytes,
+                      headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+        self.calls += 1
+        raise RuntimeError("a bug, not a broker error")
+
+    async def ready(self) -> bool:
+        return True
+
+
+def test_unexpected_failure_answers_500_and_keeps_serving(kafka_broker: LocalBroker,
+                                                          topic_prefix: str) -> None:
+    """A bug behind /webhook is a JSON 500, counted, and the next requests are served."""
+    settings = make_settings(kafka_broker, topic_prefix)
+    producer = _BrokenProducer()
+    body = WEBHOOKS[0]["body"].encode("utf-8")
+    with serve(create_app(settings, producer)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(2):
+            assert_error(client.post("/webhook", content=body, headers=signed(body)), 500,
+                         "internal_error")
+        assert client.get("/healthz").json() == {"status": "ok"}
+        metrics = client.get("/metrics").text
+    assert producer.calls == 2
+    assert 'nbstream_ingest_requests_total{status="500"} 2.0' in metrics
