@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> faust.App:
     faust_fixes.apply()
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
-    return faust.App(
+    app = faust.App(
         Topics(kafka.topic_prefix).processor_group(),
         broker=brokers,
         broker_credentials=broker_credentials(kafka),
@@ -59,3 +59,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.processor.commit_interval,
         broker_commit_every=5_000,
     )
+    p = settings.processor
+    faust_fixes.set_fetch(app, p.fetch_max_wait, p.fetch_min_bytes)
+    return app

@@ -151,6 +151,15 @@ class ProcessorSettings(_Model):
         0.005, gt=0, description="Seconds the agent waits for a batch to fill before routing "
         "what it has (the processor's added latency at low rates).",
     )
+    fetch_max_wait: float = Field(
+        0.025, gt=0, le=1.5, description="Seconds the broker may hold a fetch of raw records "
+        "while fewer than fetch_min_bytes are ready (the processor's added latency at low "
+        "rates).",
+    )
+    fetch_min_bytes: int = Field(
+        65536, ge=1, description="Bytes of raw records the broker gathers before it answers a "
+        "fetch early; fewer, larger fetches cost the processor less CPU per event.",
+    )
     dedup_window: float = Field(
         600.0, ge=0, description="Seconds within which a repeated source_id is dropped "
         "(NetBox requeues); 0 disables dedup.",

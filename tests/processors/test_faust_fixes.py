@@ -1,5 +1,6 @@
 """The commit offset nbstream computes in place of Faust's (processors.faust_fixes): never past
-a record the agent did not finish, past a range the broker no longer has."""
+a record the agent did not finish, past a range the broker no longer has; and the consumer's
+fetch settings."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 from faust.transport import consumer as faust_consumer
 
 from processors import faust_fixes
+from processors.app import create_app
 from processors.sequencer import Sequencer
+from schemas.config import parse_settings
 
 TP = ("t.events.raw", 0)
 
@@ -89,3 +92,23 @@ async def test_revocation_commit_commits_what_was_acknowledged_during_a_timer_co
     await faust_fixes.commit_now(consumer)
     await timer
     assert consumer.committed == [10, 20]
+
+
+async def test_consumer_fetches_with_the_configured_wait_and_min_bytes() -> None:
+    """aiokafka's consumer, as Faust's consumer thread builds it, gets processor.fetch_*."""
+    settings = parse_settings({
+        "kafka": {"bootstrap_servers": "127.0.0.1:1", "topic_prefix": "t."},
+        "netbox": {"id": "nb"},
+        "processor": {"fetch_max_wait": 0.04, "fetch_min_bytes": 1234},
+    }, env={})
+    app = create_app(settings)
+    built = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert (built._fetch_max_wait_ms, built._fetch_min_bytes) == (40, 1234)
+        defaults = create_app(parse_settings({"kafka": {"bootstrap_servers": "127.0.0.1:1"},
+                                              "netbox": {"id": "nb"}}, env={}))
+        other = defaults.consumer._thread._create_worker_consumer(defaults.transport)
+        assert (other._fetch_max_wait_ms, other._fetch_min_bytes) == (25, 65536)
+        await other.stop()
+    finally:
+        await built.stop()
