@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -64,9 +65,17 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """Refuse numbers beyond a double's range, which would parse as infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 # The standard library parses: orjson turns integers beyond 64 bits into floats, and the
 # record must keep NetBox's values exactly.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _answer(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None

@@ -185,6 +185,10 @@ def test_rejections_answer_json_and_store_nothing(kafka_broker: LocalBroker, top
         assert_error(post(b"[1, 2]", signed(b"[1, 2]")), 400, "not_an_object")
         assert_error(post(b"\xff\xfe{}", signed(b"\xff\xfe{}")), 400, "malformed_json")
         assert_error(post(b'{"x": NaN}', signed(b'{"x": NaN}')), 400, "malformed_json")
+        huge = b'{"x": -1.5e999}'
+        resp = post(huge, signed(huge))
+        assert_error(resp, 400, "malformed_json")
+        assert "out of range" in resp.json()["detail"]
         other = b'{"hello": "world"}'
         resp = post(other, signed(other))
         assert_error(resp, 400, "not_a_netbox_event")
