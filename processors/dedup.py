@@ -2,9 +2,16 @@
 
 NetBox requeues a failed webhook with the same body, so the same event can arrive twice (or
 via webhook and change log); both carry the same deterministic ``source_id``. The table is a
-tumbling window of ``window`` seconds (processing time), checked in the current and the previous
-window, so a repeat within at least ``window`` seconds is caught. Its changelog topic lets it
-survive restarts and rebalances; windows expire after twice the window.
+tumbling window of ``window`` seconds of wall-clock time, checked in the current and the
+previous window, so a repeat within at least ``window`` seconds is caught. Its changelog topic
+lets it survive restarts and rebalances; Faust's table cleanup drops windows from memory once
+they are twice the window old.
+
+The windows are computed here from the clock. Faust's ``relative_to_now()`` inside a stream
+means "the latest window end this partition has seen", which starts at 0 and never advances
+past the first window: every key landed in the window of 1970-01-01, and the cleanup, which
+compares with the clock, dropped all of them every ``table_cleanup_interval`` (30 s), so a
+repeat was caught only until the next cleanup.
 
 The table's changelog records are not sent by Faust's producer but appended to the agent's
 batch of outputs (``first_time(..., outputs)``), so they are published with the routed records
@@ -20,6 +27,8 @@ dropped as their own duplicates.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -50,15 +59,17 @@ class _BatchedChangelogTable(faust.Table[str, int]):
 class Deduplicator:
     """Remembers the source ids the agent has routed; call ``first_time`` inside the stream."""
 
-    def __init__(self, app: faust.App, window: float, partitions: int) -> None:
+    def __init__(self, app: faust.App, window: float, partitions: int,
+                 clock: Callable[[], float] = time.time) -> None:
         self.window = window
+        self._clock = clock
         # What app.Table() does, with the subclass (Faust's types do not allow int values).
         types: dict[str, Any] = {"key_type": str, "value_type": int}
         self._table = _BatchedChangelogTable(
             app, name="dedup", default=int, partitions=partitions, beacon=app.tables.beacon,
             help="source_id -> raw offset + 1 of the record that routed it", **types)
         app.tables.add(self._table)
-        self.table: Any = self._table.tumbling(window, expires=2 * window).relative_to_now()
+        self._table.tumbling(window, expires=2 * window)
 
     def first_time(self, source_id: str, offset: int, outputs: list[Output]) -> bool:
         """Return False if a record other than the one at raw ``offset`` carried ``source_id``
@@ -67,10 +78,17 @@ class Deduplicator:
         # Table keys live in the raw record's partition (one source id, one object key, one
         # partition), so the offset alone names the record; 0 is the table's "never seen".
         marker = offset + 1
-        seen = self.table[source_id]
-        routed_by = seen.now() or seen.delta(self.window)
+        # Keys are (source_id, window range), as Faust's windowed tables write them; the window
+        # comes from the clock (not from Faust's WindowSet, whose now() and delta() read the
+        # partition's latest window end and the record's timestamp). The write goes through the
+        # table, which sends the changelog record and keeps the expiry bookkeeping.
+        table: Any = self._table
+        window, now = table.window, self._clock()
+        key = (source_id, window.current(now))
+        data = table.data
+        routed_by = data.get(key) or data.get((source_id, window.delta(now, self.window)))
         if routed_by and routed_by != marker:
             return False
-        self._table.batch = outputs
-        self.table[source_id] = marker
+        table.batch = outputs
+        table[key] = marker
         return True
