@@ -28,7 +28,7 @@ dropped as their own duplicates.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -54,6 +54,18 @@ class _BatchedChangelogTable(faust.Table[str, int]):
                                  -1 if partition is None else partition))
         # Faust's on_key_set reads the partition from the returned future's message.
         return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        """Restore ids as Faust does, and register them for the table cleanup.
+
+        Faust's recovery fills the store but not the expiry bookkeeping, so restored ids would
+        stay in memory for the life of the process.
+        """
+        events = list(batch)
+        super().apply_changelog_batch(events)
+        for event in events:
+            if event.message.value is not None:
+                self._maybe_set_key_ttl(self._to_key(event.key), event.message.partition)
 
 
 class Deduplicator:
