@@ -38,7 +38,7 @@ import asyncio
 import logging
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
@@ -48,7 +48,7 @@ from mode import Service
 
 from processors.sequencer import Sequencer
 
-__all__ = ["apply", "commit_now", "set_fetch"]
+__all__ = ["apply", "commit_now", "count_lost", "set_fetch"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,26 @@ log = logging.getLogger(__name__)
 _FETCH: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
 
 
+# app -> what counts raw offsets the broker removed before the processor read them.
+_ON_LOST: weakref.WeakKeyDictionary[Any, Callable[[int], None]] = weakref.WeakKeyDictionary()
+
+
 def set_fetch(app: Any, max_wait: float, min_bytes: int) -> None:
     """Make ``app``'s consumer fetch with this max wait (seconds) and min bytes."""
     _FETCH[app] = (max(1, round(max_wait * 1000)), min_bytes)
+
+
+def count_lost(app: Any, counter: Callable[[int], None]) -> None:
+    """Have ``counter`` called with the number of raw offsets ``app``'s consumer found removed
+    by the broker (retention, compaction) before they were read."""
+    _ON_LOST[app] = counter
+
+
+def _lost(app: Any, count: int) -> None:
+    """Count lost offsets for ``app`` (looked up at the time: the consumer can come first)."""
+    counter = _ON_LOST.get(app)
+    if counter is not None:
+        counter(count)
 
 
 class _NoReadOffsets(MutableMapping[Any, None]):
@@ -230,7 +247,8 @@ def apply() -> None:
 
     def consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        self._sequencer = Sequencer()
+        app = self.app
+        self._sequencer = Sequencer(on_lost=lambda count: _lost(app, count))
         # _drain_messages binds these two when the fetcher starts.
         self._read_offset = _NoReadOffsets()
         self.callback = _in_sequence(self, self.callback)

@@ -21,6 +21,7 @@ class ProcessorMetrics:
     invalid: Counter
     unrouted: Counter
     duplicates: Counter
+    lost: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, rules: Iterable[str] = (),
@@ -46,6 +47,9 @@ class ProcessorMetrics:
             duplicates=Counter("nbstream_processor_duplicates",
                                "Events dropped because their source_id was routed within the "
                                "dedup window.", registry=registry),
+            lost=Counter("nbstream_processor_offsets_lost",
+                         "Raw offsets the broker removed (retention, compaction) before the "
+                         "processor read them: events never routed.", registry=registry),
         )
         for rule in rules:
             metrics.matched.labels(rule)

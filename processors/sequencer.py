@@ -25,13 +25,13 @@ so every rule below has a unit test.
 - Once aligned, a record past the expected offset means the broker no longer has the offsets in
   between (retention or compaction). It is handed on, and the missing range is remembered so the
   commit can move past it. A committed offset below the partition's first offset at a seek is
-  the same case.
+  the same case. Either is logged and counted (``on_lost``): the records were never routed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["Sequencer"]
@@ -56,8 +56,9 @@ class _Partition:
 class Sequencer:
     """Per-partition sequence of the records handed to the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_lost: Callable[[int], None] | None = None) -> None:
         self._partitions: dict[Hashable, _Partition] = {}
+        self._on_lost = on_lost
 
     def sought(self, tp: Hashable, committed: int | None, first: int | None) -> None:
         """Record a seek of ``tp`` to ``committed``. None: nothing committed, so the consumer
@@ -69,6 +70,7 @@ class Sequencer:
             log.warning("%s: offsets %d-%d were removed by the broker (retention) before the "
                         "processor read them", tp, committed, first - 1)
             p.missing[committed] = first
+            self._lost(first - committed)
         p.expected = first if committed is None else max(committed, first or 0)
         p.realign()
 
@@ -96,7 +98,13 @@ class Sequencer:
                     "continuing at %d", tp, expected, offset - 1, offset)
         p.missing[expected] = offset
         p.expected = offset + 1
+        self._lost(offset - expected)
         return True, None
+
+    def _lost(self, count: int) -> None:
+        """Count ``count`` offsets the broker removed before they were read."""
+        if self._on_lost is not None:
+            self._on_lost(count)
 
     def retract(self, tp: Hashable, offset: int) -> None:
         """The record at ``offset``, admitted, never reached the stream (cancelled on its way,

@@ -10,6 +10,7 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
+from processors import faust_fixes
 from processors.agents import event_router, register_router
 from processors.app import create_app
 from processors.channels import Channels, kafka_channels
@@ -61,6 +62,7 @@ def build_processor(
     engine = RuleEngine(settings.rules)
     metrics = ProcessorMetrics.create(registry, [r.name for r in settings.rules if r.enabled],
                                       settings.enabled_sinks())
+    faust_fixes.count_lost(app, metrics.lost.inc)
     factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
     window = settings.processor.dedup_window

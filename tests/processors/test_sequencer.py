@@ -145,3 +145,14 @@ def test_records_dropped_before_the_flow_resumed_are_fetched_again_without_newer
     assert seq.owed_seeks() == {}
     admitted, seeks = feed(seq, [3, 4])
     assert admitted == [3, 4] and seeks == []
+
+
+def test_offsets_removed_by_the_broker_are_counted() -> None:
+    """A committed offset below the first one at a seek, and a gap once aligned, are both
+    counted as lost, by the number of offsets missing."""
+    lost: list[int] = []
+    seq = Sequencer(on_lost=lost.append)
+    seq.sought(TP, committed=5, first=20)
+    assert feed(seq, [20, 21]) == ([20, 21], [])
+    assert feed(seq, [25]) == ([25], [])
+    assert lost == [15, 3]
