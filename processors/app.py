@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -36,8 +37,9 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Return the processor's Faust app: group = ``<prefix>processor``, memory store."""
+def create_app(settings: Settings, on_lost: Callable[[int], None] | None = None) -> faust.App:
+    """Return the processor's Faust app: group = ``<prefix>processor``, memory store.
+    ``on_lost`` counts raw offsets the broker removed before the consumer read them."""
     faust_fixes.apply()
     kafka = settings.kafka
     brokers = ";".join(f"kafka://{s}" for s in kafka.servers.split(","))
@@ -60,5 +62,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=5_000,
     )
     p = settings.processor
-    faust_fixes.set_fetch(app, p.fetch_max_wait, p.fetch_min_bytes)
+    faust_fixes.configure(app, fetch_max_wait=p.fetch_max_wait,
+                          fetch_min_bytes=p.fetch_min_bytes, on_lost=on_lost)
     return app

@@ -81,6 +81,8 @@ class Deduplicator:
             app, name="dedup", default=int, partitions=partitions, beacon=app.tables.beacon,
             help="source_id -> raw offset + 1 of the record that routed it", **types)
         app.tables.add(self._table)
+        # Sets the table's window and expiry; the wrapper it returns is not used (first_time
+        # computes the windows from the clock).
         self._table.tumbling(window, expires=2 * window)
 
     def first_time(self, source_id: str, offset: int, outputs: list[Output]) -> bool:

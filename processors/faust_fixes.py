@@ -39,7 +39,7 @@ import logging
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -48,34 +48,27 @@ from mode import Service
 
 from processors.sequencer import Sequencer
 
-__all__ = ["apply", "commit_now", "count_lost", "set_fetch"]
+__all__ = ["apply", "commit_now", "configure"]
 
 log = logging.getLogger(__name__)
 
-# app -> (fetch_max_wait_ms, fetch_min_bytes) of its consumer, set by create_app.
-_FETCH: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
+class _Options(NamedTuple):
+    """What one app's consumer is given beyond Faust's settings."""
+
+    fetch_max_wait_ms: int
+    fetch_min_bytes: int
+    on_lost: Callable[[int], None] | None
 
 
-# app -> what counts raw offsets the broker removed before the processor read them.
-_ON_LOST: weakref.WeakKeyDictionary[Any, Callable[[int], None]] = weakref.WeakKeyDictionary()
+# app -> its consumer's options, set by create_app.
+_OPTIONS: weakref.WeakKeyDictionary[Any, _Options] = weakref.WeakKeyDictionary()
 
 
-def set_fetch(app: Any, max_wait: float, min_bytes: int) -> None:
-    """Make ``app``'s consumer fetch with this max wait (seconds) and min bytes."""
-    _FETCH[app] = (max(1, round(max_wait * 1000)), min_bytes)
-
-
-def count_lost(app: Any, counter: Callable[[int], None]) -> None:
-    """Have ``counter`` called with the number of raw offsets ``app``'s consumer found removed
-    by the broker (retention, compaction) before they were read."""
-    _ON_LOST[app] = counter
-
-
-def _lost(app: Any, count: int) -> None:
-    """Count lost offsets for ``app`` (looked up at the time: the consumer can come first)."""
-    counter = _ON_LOST.get(app)
-    if counter is not None:
-        counter(count)
+def configure(app: Any, *, fetch_max_wait: float, fetch_min_bytes: int,
+              on_lost: Callable[[int], None] | None = None) -> None:
+    """Set ``app``'s consumer's fetch max wait (seconds) and min bytes, and what counts the raw
+    offsets it finds removed by the broker (retention, compaction) before they were read."""
+    _OPTIONS[app] = _Options(max(1, round(fetch_max_wait * 1000)), fetch_min_bytes, on_lost)
 
 
 class _NoReadOffsets(MutableMapping[Any, None]):
@@ -237,9 +230,10 @@ def apply() -> None:
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
-        fetch = _FETCH.get(self.app)
-        if fetch is not None:  # both are read by the Fetcher at start()
-            consumer._fetch_max_wait_ms, consumer._fetch_min_bytes = fetch
+        options = _OPTIONS.get(self.app)
+        if options is not None:  # both are read by the Fetcher at start()
+            consumer._fetch_max_wait_ms = options.fetch_max_wait_ms
+            consumer._fetch_min_bytes = options.fetch_min_bytes
         return consumer
 
     consumer_class = faust_consumer.Consumer
@@ -247,8 +241,8 @@ def apply() -> None:
 
     def consumer_init(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        app = self.app
-        self._sequencer = Sequencer(on_lost=lambda count: _lost(app, count))
+        options = _OPTIONS.get(self.app)
+        self._sequencer = Sequencer(on_lost=options.on_lost if options is not None else None)
         # _drain_messages binds these two when the fetcher starts.
         self._read_offset = _NoReadOffsets()
         self.callback = _in_sequence(self, self.callback)

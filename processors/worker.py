@@ -10,7 +10,6 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
-from processors import faust_fixes
 from processors.agents import event_router, register_router
 from processors.app import create_app
 from processors.channels import Channels, kafka_channels
@@ -55,14 +54,13 @@ def build_processor(
     in-memory channels; ``dedup=False`` leaves out the dedup table (it needs a broker for its
     changelog)."""
     registry = registry or CollectorRegistry()
-    app = create_app(settings)
+    metrics = ProcessorMetrics.create(registry, [r.name for r in settings.rules if r.enabled],
+                                      settings.enabled_sinks())
+    app = create_app(settings, on_lost=metrics.lost.inc)
     ch = channels(app, settings)
     out = (publisher(settings, ch) if publisher is not None
            else KafkaPublisher(publisher_config(settings)))
     engine = RuleEngine(settings.rules)
-    metrics = ProcessorMetrics.create(registry, [r.name for r in settings.rules if r.enabled],
-                                      settings.enabled_sinks())
-    faust_fixes.count_lost(app, metrics.lost.inc)
     factory = RecordFactory(settings.environment, settings.processor.source_type_docs, version)
     serde = make_serde(settings.schema_registry.url, settings.schema_registry.client)
     window = settings.processor.dedup_window

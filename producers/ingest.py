@@ -194,11 +194,11 @@ class _Ingest:
     async def _webhook(self, scope: Scope, receive: Receive) -> Answer:
         """Validate, normalise, encode and produce one webhook; return the answer."""
         headers: dict[bytes, bytes] = dict(scope["headers"])  # names are lowercase in ASGI
-        content_type = headers.get(b"content-type")
-        if content_type is None or not _is_json(content_type.decode("latin-1")):
+        raw_type = headers.get(b"content-type")
+        content_type = None if raw_type is None else raw_type.decode("latin-1")
+        if not _is_json(content_type):
             return self._rejected(scope, 415, "unsupported_media_type",
-                                  "Content-Type must be application/json, got "
-                                  f"{content_type and content_type.decode('latin-1')!r}")
+                                  f"Content-Type must be application/json, got {content_type!r}")
         too_large = f"body exceeds max_body_bytes ({self.max_body})"
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
