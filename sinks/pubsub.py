@@ -66,6 +66,7 @@ from sinks.base import (
     SinkContext,
     SinkOptions,
 )
+from sinks.ordering import by_object
 
 __all__ = ["PubSubSettings", "PubSubSink", "classify"]
 
@@ -220,7 +221,6 @@ class PubSubSink(Sink[PubSubSettings]):
         super().__init__(name, settings, context)
         self._topic = settings.topic_path
         self._client: PublisherAsyncClient | None = None
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
 
     def _key(self, field: str) -> str:
         """Return the configuration key of one of this sink's fields."""
@@ -332,14 +332,10 @@ class PubSubSink(Sink[PubSubSettings]):
         if client is None:
             raise RetryableError("pubsub sink is not open")
         now = self.context.now()
-        by_key: dict[str, list[int]] = {}
-        for index, record in enumerate(records):
-            by_key.setdefault(record.object_key, []).append(index)
         failed: dict[int, RetryableError | PermanentError] = {}
-        await asyncio.gather(
-            *(self._publish_in_order(client, records, indices, now, failed)
-              for indices in by_key.values())
-        )
+        await by_object(records, self.settings.max_concurrency,
+                        lambda indices: self._publish_in_order(client, records, indices, now,
+                                                               failed))
         if failed:
             raise PartialBatchError(failed)
 
@@ -393,12 +389,11 @@ class PubSubSink(Sink[PubSubSettings]):
         for position, (batch, request) in enumerate(requests):
             error: RetryableError | PermanentError | None = None
             try:
-                async with self._slots:
-                    answer = await client.publish(
-                        request=request,
-                        retry=None,  # the runner retries, with backoff and a bound
-                        timeout=self.settings.timeout,
-                    )
+                answer = await client.publish(
+                    request=request,
+                    retry=None,  # the runner retries, with backoff and a bound
+                    timeout=self.settings.timeout,
+                )
             except Exception as err:  # classified: by type, unforeseen ones retryable
                 error = classify(err, self._topic)
             else:

@@ -16,7 +16,6 @@ any other status permanent; connection errors and timeouts retryable; template e
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -44,6 +43,7 @@ from sinks.base import (
     SinkContext,
     SinkOptions,
 )
+from sinks.ordering import by_object
 from sinks.templating import TemplateEnvironment, header_safe, is_template, validate_url
 
 __all__ = ["WebhookSettings", "WebhookSink", "netbox_context", "parse_retry_after"]
@@ -249,20 +249,12 @@ class WebhookSink(Sink[WebhookSettings]):
         """Send every record; raise PartialBatchError naming the ones that failed."""
         if not records:
             return
-        if self._session is None:
+        session = self._session
+        if session is None:
             raise RetryableError("webhook sink is not open")
-        by_key: dict[str, list[int]] = {}
-        for index, record in enumerate(records):
-            by_key.setdefault(record.object_key, []).append(index)
         failed: dict[int, RetryableError | PermanentError] = {}
-        if len(by_key) == 1:
-            (indices,) = by_key.values()
-            await self._send_in_order(self._session, records, indices, failed)
-        else:
-            await asyncio.gather(
-                *(self._send_in_order(self._session, records, idx, failed)
-                  for idx in by_key.values())
-            )
+        await by_object(records, self.settings.max_connections,
+                        lambda indices: self._send_in_order(session, records, indices, failed))
         if failed:
             raise PartialBatchError(failed)
 
