@@ -152,7 +152,7 @@ class ProcessorSettings(_Model):
         "what it has (the processor's added latency at low rates).",
     )
     fetch_max_wait: float = Field(
-        0.025, gt=0, le=1.5, description="Seconds the broker may hold a fetch of raw records "
+        0.015, gt=0, le=1.5, description="Seconds the broker may hold a fetch of raw records "
         "while fewer than fetch_min_bytes are ready (the processor's added latency at low "
         "rates).",
     )
@@ -189,7 +189,9 @@ class SinkSettings(BaseModel):
     type: str = Field(description="Sink implementation: webhook, file, sns, pubsub, ...")
     enabled: bool = Field(True, description="Disabled sinks get no topic and no worker.")
     batch_size: int = Field(500, ge=1, le=100_000, description="Max records per write_batch.")
-    batch_linger_ms: int = Field(5, ge=0, description="Wait this long to fill a batch.")
+    batch_linger_ms: int = Field(
+        1, ge=0, description="Wait this long to fill a batch (the sink's added latency at low "
+        "rates; under load the consumer's prefetched records fill batches anyway).")
     metrics_port: int = Field(0, ge=0, le=65535, description="Worker /metrics port; 0 = off.")
 
     @property

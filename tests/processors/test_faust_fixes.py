@@ -108,7 +108,7 @@ async def test_consumer_fetches_with_the_configured_wait_and_min_bytes() -> None
         defaults = create_app(parse_settings({"kafka": {"bootstrap_servers": "127.0.0.1:1"},
                                               "netbox": {"id": "nb"}}, env={}))
         other = defaults.consumer._thread._create_worker_consumer(defaults.transport)
-        assert (other._fetch_max_wait_ms, other._fetch_min_bytes) == (25, 65536)
+        assert (other._fetch_max_wait_ms, other._fetch_min_bytes) == (15, 65536)
         await other.stop()
     finally:
         await built.stop()
