@@ -8,6 +8,11 @@ processor and the sink worker run as in production; ``loadgen receive`` (Go) is 
 
 Latency of an event = its arrival at the receiver - the moment ingest's 202 reached the client
 (both clocks are this host's). Delivered/s = events delivered / (last arrival - start of load).
+Where the time goes, per event, from the Kafka timestamps the producers set (milliseconds):
+"ingest ack" = 202 - the raw record's timestamp (ingest's produce call: linger and the broker's
+acknowledgement), "processor" = the sink record's timestamp - the raw record's (fetch wait,
+batching, routing), "sink worker" = arrival - the sink record's timestamp (the processor's
+publish, the sink worker's fetch and batch, the HTTP delivery).
 Cases: open loop at 100 and 1,000 events/s, and closed loop with 64 clients (the highest rate
 the pipeline sustains: ingest accepts as fast as it can, the figure is what got delivered).
 """
@@ -15,8 +20,12 @@ the pipeline sustains: ingest accepts as fast as it can, the figure is what got 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.common import (
     Bench,
@@ -30,11 +39,93 @@ from benchmarks.common import (
 )
 from benchmarks.report import E2E_MAX_CASE
 from benchmarks.stats import Figure, percentile
+from schemas.serde import make_serde
+from schemas.topics import Topics
 from tests.e2e.harness import assert_alive, nbstream_processes
 
 __all__ = ["run"]
 
 SINK = "hook"
+# Figures of each case: metric -> unit. The stage split is p50 and p99 of each stage.
+STAGES = ("ingest ack", "processor", "sink worker")
+METRICS = {"delivered": "events/s", "latency p50": "ms", "latency p95": "ms",
+           "latency p99": "ms", "CPU per event": "µs", "broker CPU per event": "µs",
+           **{f"{stage} {q}": "ms" for stage in STAGES for q in ("p50", "p99")}}
+
+
+class RecordTimes:
+    """Reads the timestamps of the records a load added to the raw and the sink topic."""
+
+    def __init__(self, servers: str, topics: Topics) -> None:
+        self._consumer = Consumer({"bootstrap.servers": servers, "group.id": "nbstream-bench",
+                                   "enable.auto.commit": False})
+        self._serde = make_serde(None)
+        self.topics = topics
+        self._kinds = {topics.raw: "NetBoxEvent", topics.sink(SINK): "SinkRecord"}
+        self._start: dict[str, dict[int, int]] = {}
+
+    def mark(self) -> None:
+        """Note each topic's end, so ``read`` returns only the records that follow."""
+        self._start = {topic: self._ends(topic) for topic in self._kinds}
+
+    def read(self) -> dict[str, dict[str, int]]:
+        """Return topic -> source id -> record timestamp (unix ns) since ``mark``."""
+        return {topic: self._read(topic, kind) for topic, kind in self._kinds.items()}
+
+    def close(self) -> None:
+        """Leave the broker."""
+        self._consumer.close()
+
+    def _ends(self, topic: str) -> dict[int, int]:
+        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in parts}
+
+    def _read(self, topic: str, kind: str) -> dict[str, int]:
+        start, end = self._start[topic], self._ends(topic)
+        left = {p for p in end if end[p] > start.get(p, 0)}
+        self._consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in left])
+        out: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while left:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not read {topic} to its end")
+            for message in self._consumer.consume(1000, 1.0):
+                part, offset, value = message.partition(), message.offset(), message.value()
+                if message.error() or part is None or offset is None or value is None:
+                    continue
+                sid = str(self._serde.decode(kind, value)["source_id"])
+                out.setdefault(sid, message.timestamp()[1] * 1_000_000)
+                if offset + 1 >= end[part]:
+                    left.discard(part)
+        self._consumer.unassign()
+        return out
+
+
+@contextmanager
+def record_times(servers: str, topics: Topics) -> Iterator[RecordTimes]:
+    """Yield a ``RecordTimes`` on the broker at ``servers``; close it after."""
+    times = RecordTimes(servers, topics)
+    try:
+        yield times
+    finally:
+        times.close()
+
+
+def stage_split(accepted: dict[str, int], arrivals: dict[str, int],
+                times: dict[str, dict[str, int]], topics: Topics) -> dict[str, float]:
+    """Return p50 and p99 of each stage's share of the latency (ms)."""
+    raw, sink = times[topics.raw], times[topics.sink(SINK)]
+    ids = [sid for sid in accepted if sid in raw and sid in sink]
+    if len(ids) < len(accepted):
+        raise RuntimeError(f"{len(accepted) - len(ids)} accepted events missing from the topics")
+    spans = {"ingest ack": (raw, accepted), "processor": (raw, sink),
+             "sink worker": (sink, arrivals)}
+    out: dict[str, float] = {}
+    for stage, (start, end) in spans.items():
+        ms = [(end[sid] - start[sid]) / 1e6 for sid in ids]
+        out.update({f"{stage} p50": percentile(ms, 50), f"{stage} p99": percentile(ms, 99)})
+    return out
 
 
 def config(bench: Bench, tmp: Path, receiver: GoReceiver) -> dict[str, Any]:
@@ -48,19 +139,25 @@ def config(bench: Bench, tmp: Path, receiver: GoReceiver) -> dict[str, Any]:
 
 
 def one_load(url: str, receiver: GoReceiver, procs: list[Any], tmp: Path,
+             times: RecordTimes | None = None, broker_pid: int | None = None,
              **load: Any) -> dict[str, float]:
-    """Run one load against the pipeline, wait for its deliveries; return the figures."""
+    """Run one load against the pipeline, wait for its deliveries; return the figures (with
+    the stage split when ``times`` is given, the broker's CPU when ``broker_pid`` is)."""
     receiver.reset()
+    if times is not None:
+        times.mark()
     accepted_file = tmp / "accepted.txt"
     pids = [p.pid for p in procs]
     started_ns = time.time_ns()
     cpu0 = cpu_seconds(pids)
+    broker0 = cpu_seconds([broker_pid]) if broker_pid else 0.0
     summary = run_load(url, unique_templates("ipam.ipaddress", "created"), tmp, unique=True,
                        objects=1_000_000, accepted=accepted_file, **load)
     accepted = read_arrivals(accepted_file.read_text())
     assert_alive(procs)
     got = receiver.wait_for(len(accepted), timeout=60 + len(accepted) / 200)
     cpu = cpu_seconds(pids) - cpu0
+    broker_cpu = cpu_seconds([broker_pid]) - broker0 if broker_pid else 0.0
     arrivals = receiver.arrivals()
     missing = set(accepted) - set(arrivals)
     if missing:
@@ -68,11 +165,16 @@ def one_load(url: str, receiver: GoReceiver, procs: list[Any], tmp: Path,
                            f"delivered (receiver got {got})")
     latencies = [(arrivals[sid] - at) / 1e6 for sid, at in accepted.items()]
     last = max(arrivals[sid] for sid in accepted)
-    return {"delivered": len(accepted) / ((last - started_ns) / 1e9),
-            "accepted": summary["accepted_per_s"],
-            "latency p50": percentile(latencies, 50), "latency p95": percentile(latencies, 95),
-            "latency p99": percentile(latencies, 99),
-            "CPU per event": cpu / len(accepted) * 1e6}
+    figures = {"delivered": len(accepted) / ((last - started_ns) / 1e9),
+               "accepted": summary["accepted_per_s"],
+               "latency p50": percentile(latencies, 50), "latency p95": percentile(latencies, 95),
+               "latency p99": percentile(latencies, 99),
+               "CPU per event": cpu / len(accepted) * 1e6}
+    if broker_pid:
+        figures["broker CPU per event"] = broker_cpu / len(accepted) * 1e6
+    if times is not None:
+        figures.update(stage_split(accepted, arrivals, times.read(), times.topics))
+    return figures
 
 
 def run(bench: Bench) -> list[Figure]:
@@ -89,22 +191,25 @@ def run(bench: Bench) -> list[Figure]:
     tmp = bench.scratch("e2e")
     with go_receiver() as receiver:
         cfg = config(bench, tmp, receiver)
-        bench.settings(cfg)
+        settings = bench.settings(cfg)
         port = cfg["ingest"]["port"]
         url = f"http://127.0.0.1:{port}/webhook"
+        broker_pid = bench.broker.running_pid()
+        if broker_pid is None:
+            raise RuntimeError("the benchmark's broker is not running")
         with nbstream_processes(cfg, tmp, ["ingest"], ["process"], ["sink", SINK],
-                                ingest_port=port) as procs:
+                                ingest_port=port) as procs, \
+                record_times(settings.kafka.servers,
+                             Topics(settings.kafka.topic_prefix)) as times:
             # Warm up: group assignment, connections, the JIT of the broker.
             one_load(url, receiver, procs, tmp, rate=200, concurrency=8,
                      duration=1.0 if bench.quick else 3.0)
             for case, load in cases:
-                runs = [one_load(url, receiver, procs, tmp, **load)
+                runs = [one_load(url, receiver, procs, tmp, times, broker_pid, **load)
                         for _ in range(bench.runs)]
                 notes = {**load, "ingest_processes": 1, "rule": "ipam.ipaddress created",
                          "accepted_per_s": [r["accepted"] for r in runs]}
-                for metric, unit in (("delivered", "events/s"), ("latency p50", "ms"),
-                                     ("latency p95", "ms"), ("latency p99", "ms"),
-                                     ("CPU per event", "µs")):
+                for metric, unit in METRICS.items():
                     target = ""
                     if case == E2E_MAX_CASE and metric == "delivered":
                         target = "≥ 5,000/s"
@@ -113,6 +218,7 @@ def run(bench: Bench) -> list[Figure]:
                     figures.append(Figure("e2e", case, metric, unit,
                                           tuple(r[metric] for r in runs), target=target,
                                           notes=notes))
-                bench.say(f"e2e {case}: {figures[-5].median:,.0f} delivered/s, p99 "
-                          f"{figures[-2].median:,.1f} ms")
+                by_metric = {f.metric: f.median for f in figures if f.case == case}
+                bench.say(f"e2e {case}: {by_metric['delivered']:,.0f} delivered/s, p99 "
+                          f"{by_metric['latency p99']:,.1f} ms")
     return figures

@@ -33,6 +33,8 @@ EXPECTED = [
     *(("sinks", name, metric) for name in sinks.MODULES for metric in ("events", "CPU per event")),
     ("sinks", "HTTP client aiohttp (plain POSTs, 64 connections)", "requests"),
     ("e2e", "1,000 events/s", "latency p99"),
+    *(("e2e", "1,000 events/s", f"{stage} p99") for stage in ("ingest ack", "processor",
+                                                               "sink worker")),
     ("e2e", report.E2E_MAX_CASE, "delivered"),
     ("produce", "Kafka ProducerPerformance", "records"),
     ("produce", "nbstream raw-topic producer", "records"),
