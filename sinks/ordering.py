@@ -18,7 +18,7 @@ async def by_object(records: Sequence[SinkRecord], concurrency: int,
     ``indices`` are the positions of one object's records in batch order, so keeping that
     object's order is up to ``send``; objects are taken in order of first appearance. A fixed
     set of workers draws the objects from one iterator: a task per object, most of them queued
-    on the connection pool or a semaphore, cost more than the request itself (webhook sink,
+    on the connection pool or a semaphore, cost more than the request itself (aiohttp POSTs in
     500-record batches over 2,000 objects: 137 against 94 µs of CPU per request).
     """
     groups: dict[str, list[int]] = {}
