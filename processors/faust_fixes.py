@@ -107,9 +107,10 @@ def _in_sequence(consumer: Any, callback: Any) -> Any:
             if seek_to is not None:
                 try:
                     await consumer._thread.seek_wait({message.tp: seek_to})
-                except Exception as err:  # noqa: BLE001 - the next record out of order retries
+                except Exception as err:  # noqa: BLE001 - retried, see _seek_back
                     log.warning("seek of %s back to %d failed: %s", message.tp, seek_to, err)
                     sequencer.seek_failed(message.tp)
+                    _start_seek_back(consumer, {message.tp: seek_to}, retry=True)
             if not admitted:
                 return None
             try:
@@ -122,24 +123,50 @@ def _in_sequence(consumer: Any, callback: Any) -> Any:
     return on_message
 
 
-async def _seek_back(consumer: Any, owed: dict[Any, int]) -> None:
+async def _seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -> None:
     """Seek the partitions whose dropped records must come again, on the consumer's own thread.
 
     Faust's ``thread.seek`` runs aiokafka's seek on the caller's thread, where it deletes the
     fetched records that the consumer thread may be iterating at that moment: the fetcher
     crashed with a KeyError (once in 30 runs of the rebalance test). Records that arrive before
     the seek took effect are dropped by the Sequencer, which is realigning these partitions.
+
+    A failed seek is tried again with backoff (``retry``: start with the wait) for as long as
+    the Sequencer still owes it: a newer record past the gap would ask again, but a partition
+    that gets none would keep its dropped records unrouted until one came.
     """
-    try:
-        await consumer._thread.seek_wait(owed)
-    except Exception as err:  # noqa: BLE001 - the next record past the gap asks again
-        log.warning("seek of %s back failed: %s", sorted(map(str, owed)), err)
-        for tp in owed:
-            consumer._sequencer.seek_failed(tp)
+    delay = SEEK_RETRY_DELAY
+    while owed:
+        if retry:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _SEEK_RETRY_MAX)
+            owed = {tp: offset for tp, offset in owed.items()
+                    if consumer._sequencer.owes(tp, offset)}
+            if not owed:
+                return
+        try:
+            await consumer._thread.seek_wait(owed)
+            return
+        except Exception as err:  # noqa: BLE001 - tried again below
+            log.warning("seek of %s back failed: %s; trying again in %.1f s",
+                        sorted(map(str, owed)), err, delay)
+            for tp in owed:
+                consumer._sequencer.seek_failed(tp)
+        retry = True
 
 
-# Seek tasks started from resume_flow (a sync method), kept until done so none is collected.
+# Seconds before a failed seek back is tried again (doubling up to _SEEK_RETRY_MAX).
+SEEK_RETRY_DELAY = 0.5
+_SEEK_RETRY_MAX = 10.0
+# Seek tasks under way, kept until done so none is collected.
 _seeks_under_way: set[asyncio.Future[None]] = set()
+
+
+def _start_seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -> None:
+    """Run ``_seek_back`` as a task (from sync code, or without holding up the fetch loop)."""
+    task = asyncio.ensure_future(_seek_back(consumer, owed, retry))
+    _seeks_under_way.add(task)
+    task.add_done_callback(_seeks_under_way.discard)
 
 
 def _retract_on_clear(flow_control: Any, sequencer: Sequencer) -> None:
@@ -254,9 +281,7 @@ def apply() -> None:
         resume_flow(self)
         owed = self._sequencer.owed_seeks()
         if owed:
-            task = asyncio.ensure_future(_seek_back(self, owed))
-            _seeks_under_way.add(task)
-            task.add_done_callback(_seeks_under_way.discard)
+            _start_seek_back(self, owed)
 
     create_worker_consumer._nbstream = True  # type: ignore[attr-defined]
     thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]

@@ -125,8 +125,15 @@ class Sequencer:
                 p.stranded, p.sought_back = False, True
         return owed
 
+    def owes(self, tp: Hashable, offset: int) -> bool:
+        """Return whether ``tp`` still waits for a seek back to ``offset``: assigned, and
+        realigning there (a seek that took effect, or a new one, ends it)."""
+        p = self._partitions.get(tp)
+        return p is not None and p.known and p.realigning and p.expected == offset
+
     def seek_failed(self, tp: Hashable) -> None:
-        """The seek back that ``admit`` asked for failed: ask again at the next record."""
+        """A seek back failed: the next record past the gap asks again (``faust_fixes`` also
+        retries it while ``owes`` says so)."""
         p = self._partitions.get(tp)
         if p is not None:
             p.sought_back = False

@@ -61,6 +61,66 @@ def test_nothing_committed_yet_commits_the_first_run() -> None:
     assert faust_fixes._new_offset(c, TP) == 3
 
 
+class _Seeks:
+    """The consumer's thread, whose seeks fail ``failures`` times first; notes every seek."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[dict[Any, int]] = []
+
+    async def seek_wait(self, offsets: dict[Any, int]) -> None:
+        self.calls.append(dict(offsets))
+        if len(self.calls) <= self.failures:
+            raise RuntimeError("broker not reachable")
+
+
+def stranded() -> Sequencer:
+    """A Sequencer owing a seek of TP back to 50 (record 52 came first, 50 never came)."""
+    seq = Sequencer()
+    seq.sought(TP, committed=50, first=0)
+    assert seq.admit(TP, 52, live=True) == (False, 50)
+    return seq
+
+
+async def test_a_failed_seek_back_is_tried_again_without_a_newer_record(monkeypatch: Any) -> None:
+    monkeypatch.setattr(faust_fixes, "SEEK_RETRY_DELAY", 0.001)
+    thread = _Seeks(failures=2)
+    consumer = SimpleNamespace(_thread=thread, _sequencer=stranded())
+    await faust_fixes._seek_back(consumer, {TP: 50})
+    assert thread.calls == [{TP: 50}] * 3
+
+
+async def test_a_seek_back_no_longer_owed_is_not_retried(monkeypatch: Any) -> None:
+    monkeypatch.setattr(faust_fixes, "SEEK_RETRY_DELAY", 0.001)
+    thread = _Seeks(failures=1)
+    seq = stranded()
+    consumer = SimpleNamespace(_thread=thread, _sequencer=seq)
+    seq.forget([TP])  # revoked meanwhile
+    await faust_fixes._seek_back(consumer, {TP: 50})
+    assert thread.calls == [{TP: 50}]
+
+
+async def test_a_failed_seek_asked_for_by_a_record_is_tried_again_in_the_background(
+        monkeypatch: Any) -> None:
+    monkeypatch.setattr(faust_fixes, "SEEK_RETRY_DELAY", 0.001)
+    thread = _Seeks(failures=1)
+    seq = Sequencer()
+    seq.sought(TP, committed=50, first=0)
+    app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+                          flow_control=SimpleNamespace(is_active=lambda: True),
+                          consumer_generation_id=1)
+    consumer = SimpleNamespace(app=app, flow_active=True, _thread=thread, _sequencer=seq)
+    streamed: list[int] = []
+
+    async def to_stream(message: Any) -> None:
+        streamed.append(message.offset)
+
+    on_message = faust_fixes._in_sequence(consumer, to_stream)
+    await on_message(SimpleNamespace(topic=TP[0], tp=TP, offset=52, generation_id=1))
+    await asyncio.gather(*faust_fixes._seeks_under_way)
+    assert streamed == [] and thread.calls == [{TP: 50}, {TP: 50}]
+
+
 class _Committing:
     """A consumer with Faust's own ``commit()`` (one commit at a time; a caller arriving during
     a commit waits for it and returns without committing); ``force_commit`` notes how far the

@@ -135,6 +135,25 @@ def test_a_failed_seek_back_is_asked_for_again() -> None:
     assert seeks == [50] and again == [50]
 
 
+def test_a_seek_back_is_owed_until_the_expected_record_arrives() -> None:
+    seq = Sequencer()
+    seq.sought(TP, committed=50, first=0)
+    _, seeks = feed(seq, [52])
+    assert seeks == [50] and seq.owes(TP, 50) and not seq.owes(TP, 51)
+    feed(seq, [50])
+    assert not seq.owes(TP, 50)
+    _, seeks = feed(seq, [53])  # 51-52 gone: a jump once aligned, not a realignment
+    assert seeks == [] and not seq.owes(TP, 51)
+
+
+def test_a_revoked_partition_owes_no_seek() -> None:
+    seq = Sequencer()
+    seq.sought(TP, committed=50, first=0)
+    feed(seq, [52])
+    seq.forget([TP])
+    assert not seq.owes(TP, 50)
+
+
 def test_records_dropped_before_the_flow_resumed_are_fetched_again_without_newer_ones() -> None:
     """Two records fetched while the seek was under way, then no traffic: when the flow
     resumes, the partition is sought back; nothing newer has to arrive first."""
