@@ -6,7 +6,7 @@ They replace methods of Faust's classes (pinned: faust-streaming <0.16); an upgr
 Fetch wait: the aiokafka driver hard-codes ``fetch_max_wait_ms=1500``, and aiokafka keeps one
 fetch in flight per broker, so a fetch parked for partitions without new data holds back the
 records of the others: the agent's input stalled for 1.25-1.4 s at a time at 1,000 events/s.
-The processor's ``fetch_max_wait`` (25 ms) bounds that. Its ``fetch_min_bytes`` (64 KiB) lets
+The processor's ``fetch_max_wait`` (15 ms) bounds that. Its ``fetch_min_bytes`` (64 KiB) lets
 the broker gather records for that long instead of answering each fetch with the first one:
 every fetch costs the consumer thread and the stream a fixed amount, and one per ingest produce
 request cost the processor a fifth of its CPU at 1,000 events/s.
@@ -109,7 +109,6 @@ def _in_sequence(consumer: Any, callback: Any) -> Any:
                     await consumer._thread.seek_wait({message.tp: seek_to})
                 except Exception as err:  # noqa: BLE001 - retried, see _seek_back
                     log.warning("seek of %s back to %d failed: %s", message.tp, seek_to, err)
-                    sequencer.seek_failed(message.tp)
                     _start_seek_back(consumer, {message.tp: seek_to}, retry=True)
             if not admitted:
                 return None
@@ -131,9 +130,10 @@ async def _seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -
     crashed with a KeyError (once in 30 runs of the rebalance test). Records that arrive before
     the seek took effect are dropped by the Sequencer, which is realigning these partitions.
 
-    A failed seek is tried again with backoff (``retry``: start with the wait) for as long as
-    the Sequencer still owes it: a newer record past the gap would ask again, but a partition
-    that gets none would keep its dropped records unrouted until one came.
+    A failed seek is tried again here, with backoff (``retry``: start with the wait), for as
+    long as the Sequencer still owes it; the records arriving past the gap meanwhile do not ask
+    again (one retrying task per failure, not one per record). Waiting for a newer record to
+    ask would leave a partition that gets none with its dropped records unrouted.
     """
     delay = SEEK_RETRY_DELAY
     while owed:
@@ -150,8 +150,6 @@ async def _seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -
         except Exception as err:  # noqa: BLE001 - tried again below
             log.warning("seek of %s back failed: %s; trying again in %.1f s",
                         sorted(map(str, owed)), err, delay)
-            for tp in owed:
-                consumer._sequencer.seek_failed(tp)
         retry = True
 
 

@@ -131,13 +131,6 @@ class Sequencer:
         p = self._partitions.get(tp)
         return p is not None and p.known and p.realigning and p.expected == offset
 
-    def seek_failed(self, tp: Hashable) -> None:
-        """A seek back failed: the next record past the gap asks again (``faust_fixes`` also
-        retries it while ``owes`` says so)."""
-        p = self._partitions.get(tp)
-        if p is not None:
-            p.sought_back = False
-
     def commit_base(self, tp: Hashable, committed: int) -> int:
         """Return the offset the next commit of ``tp`` starts from: ``committed``, moved past
         any range the broker no longer has."""
