@@ -20,8 +20,7 @@ the pipeline sustains: ingest accepts as fast as it can, the figure is what got 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,6 @@ class RecordTimes:
         self._consumer = Consumer({"bootstrap.servers": servers, "group.id": "nbstream-bench",
                                    "enable.auto.commit": False})
         self._serde = make_serde(None)
-        self.topics = topics
         self._kinds = {topics.raw: "NetBoxEvent", topics.sink(SINK): "SinkRecord"}
         self._start: dict[str, dict[int, int]] = {}
 
@@ -68,9 +66,11 @@ class RecordTimes:
         """Note each topic's end, so ``read`` returns only the records that follow."""
         self._start = {topic: self._ends(topic) for topic in self._kinds}
 
-    def read(self) -> dict[str, dict[str, int]]:
-        """Return topic -> source id -> record timestamp (unix ns) since ``mark``."""
-        return {topic: self._read(topic, kind) for topic, kind in self._kinds.items()}
+    def read(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Return source id -> record timestamp (unix ns) of the raw and of the sink records
+        since ``mark``."""
+        raw, sink = (self._read(topic, kind) for topic, kind in self._kinds.items())
+        return raw, sink
 
     def close(self) -> None:
         """Leave the broker."""
@@ -102,20 +102,10 @@ class RecordTimes:
         return out
 
 
-@contextmanager
-def record_times(servers: str, topics: Topics) -> Iterator[RecordTimes]:
-    """Yield a ``RecordTimes`` on the broker at ``servers``; close it after."""
-    times = RecordTimes(servers, topics)
-    try:
-        yield times
-    finally:
-        times.close()
-
-
-def stage_split(accepted: dict[str, int], arrivals: dict[str, int],
-                times: dict[str, dict[str, int]], topics: Topics) -> dict[str, float]:
-    """Return p50 and p99 of each stage's share of the latency (ms)."""
-    raw, sink = times[topics.raw], times[topics.sink(SINK)]
+def stage_split(accepted: dict[str, int], arrivals: dict[str, int], raw: dict[str, int],
+                sink: dict[str, int]) -> dict[str, float]:
+    """Return p50 and p99 of each stage's share of the latency (ms), from the times of
+    acceptance, arrival, and the raw and sink records (unix ns by source id)."""
     ids = [sid for sid in accepted if sid in raw and sid in sink]
     if len(ids) < len(accepted):
         raise RuntimeError(f"{len(accepted) - len(ids)} accepted events missing from the topics")
@@ -173,7 +163,7 @@ def one_load(url: str, receiver: GoReceiver, procs: list[Any], tmp: Path,
     if broker_pid:
         figures["broker CPU per event"] = broker_cpu / len(accepted) * 1e6
     if times is not None:
-        figures.update(stage_split(accepted, arrivals, times.read(), times.topics))
+        figures.update(stage_split(accepted, arrivals, *times.read()))
     return figures
 
 
@@ -199,8 +189,8 @@ def run(bench: Bench) -> list[Figure]:
             raise RuntimeError("the benchmark's broker is not running")
         with nbstream_processes(cfg, tmp, ["ingest"], ["process"], ["sink", SINK],
                                 ingest_port=port) as procs, \
-                record_times(settings.kafka.servers,
-                             Topics(settings.kafka.topic_prefix)) as times:
+                closing(RecordTimes(settings.kafka.servers,
+                                    Topics(settings.kafka.topic_prefix))) as times:
             # Warm up: group assignment, connections, the JIT of the broker.
             one_load(url, receiver, procs, tmp, rate=200, concurrency=8,
                      duration=1.0 if bench.quick else 3.0)
