@@ -58,10 +58,3 @@ async def test_one_at_a_time_takes_objects_in_order_of_first_appearance() -> Non
 
     await by_object(records, 1, send)
     assert order == [records[i].object_key for i in (0, 1, 3, 5)]
-
-
-async def test_an_empty_batch_sends_nothing() -> None:
-    async def send(indices: list[int]) -> None:
-        raise AssertionError("nothing to send")
-
-    await by_object([], 8, send)
