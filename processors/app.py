@@ -60,6 +60,8 @@ def create_app(settings: Settings, on_lost: Callable[[int], None] | None = None)
         # routed again after a crash, not the latency.
         broker_commit_interval=settings.processor.commit_interval,
         broker_commit_every=5_000,
+        broker_session_timeout=settings.processor.session_timeout,
+        broker_heartbeat_interval=settings.processor.heartbeat_interval,
         # Faust reads its settings from the environment too, ahead of the ones passed here
         # (BROKER_URL, APP_DATADIR, ...: a BROKER_URL meant for Celery would redirect the
         # processor). nbstream's configuration is the only source.

@@ -160,6 +160,14 @@ class ProcessorSettings(_Model):
         65536, ge=1, description="Bytes of raw records the broker gathers before it answers a "
         "fetch early; fewer, larger fetches cost the processor less CPU per event.",
     )
+    session_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat after which the group gives a "
+        "processor's partitions to the others (a killed processor's are idle that long).",
+    )
+    heartbeat_interval: float = Field(
+        3.0, gt=0, description="Seconds between the processor's heartbeats to the group "
+        "coordinator; below session_timeout (a third of it or less, as Kafka advises).",
+    )
     dedup_window: float = Field(
         600.0, ge=0, description="Seconds within which a repeated source_id is dropped "
         "(NetBox requeues); 0 disables dedup.",
@@ -168,6 +176,13 @@ class ProcessorSettings(_Model):
         "https://github.com/nbstream/nbstream/blob/main/docs/event-types.md#{event_type}",
         description="Link template stamped as source_type_docs; {event_type} is filled in.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session_timeout(self) -> ProcessorSettings:
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError(f"heartbeat_interval ({self.heartbeat_interval}) must be below "
+                             f"session_timeout ({self.session_timeout})")
+        return self
 
 
 class DashboardSettings(_Model):

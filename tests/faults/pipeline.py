@@ -72,7 +72,7 @@ STAGES = ("ingest", "process", "sink")  # what start_all starts; add_stage defin
 # worker waits that long before it gets them back. The defaults (librdkafka 45 s, Faust 60 s)
 # would make every kill cost a minute; the guarantees do not depend on the value.
 SINK_SESSION_TIMEOUT_MS = 6000
-PROCESSOR_ENV = {"BROKER_SESSION_TIMEOUT": "8", "BROKER_HEARTBEAT_INTERVAL": "1"}
+PROCESSOR_SESSION_TIMEOUT = 8.0
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,8 @@ class FaultPipeline:
                                  "heartbeat.interval.ms": "1000"}},
             "ingest": {"port": self.ingest_port, "produce_timeout": produce_timeout},
             "processor": {"data_dir": str(tmp / "processor"), "web_port": 0,
-                          "commit_interval": commit_interval},
+                          "commit_interval": commit_interval,
+                          "session_timeout": PROCESSOR_SESSION_TIMEOUT, "heartbeat_interval": 1},
             "sinks": {self.sink: {
                 **destination.sink_config(),
                 "metrics_port": self.metrics_port, "batch_size": batch_size,
@@ -249,7 +250,7 @@ class FaultPipeline:
         self.settings: Settings = parse_settings(self.config, env={})
         self.stages: dict[str, Stage] = {}
         self.add_stage("ingest", "ingest")
-        self.add_stage("process", "process", env=PROCESSOR_ENV)
+        self.add_stage("process", "process")
         self.add_stage("sink", "sink", self.sink)
         self._watermarks: Consumer | None = None
         self._routed = 0

@@ -15,7 +15,6 @@ from confluent_kafka.admin import AdminClient
 
 from nbstream.kafka_local import LocalBroker
 from tests.faults.pipeline import (
-    PROCESSOR_ENV,
     FaultPipeline,
     Summary,
     WebhookDestination,
@@ -46,7 +45,7 @@ async def test_second_processor_joins_under_load(
     seed, rnd = seeded()
     servers = kafka_broker.bootstrap_servers
     p = pipelines(tmp_path, servers, topic_prefix, hook, partitions=6)
-    p.add_stage("process2", "process", env=PROCESSOR_ENV)
+    p.add_stage("process2", "process")
     p.create_topics()
     p.start_all()
     await p.wait_ingest_ready()

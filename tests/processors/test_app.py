@@ -17,11 +17,13 @@ def test_faust_environment_variables_do_not_override_the_configuration(
     monkeypatch.setenv("APP_DATADIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("BROKER_COMMIT_INTERVAL", "99")
     monkeypatch.setenv("TOPIC_PARTITIONS", "1")
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "120")
     settings = parse_settings({
         "kafka": {"bootstrap_servers": "10.0.0.1:9092,10.0.0.2:9093", "topic_prefix": "t.",
                   "partitions": 6},
         "netbox": {"id": "nb"},
-        "processor": {"data_dir": str(tmp_path / "processor"), "commit_interval": 0.5},
+        "processor": {"data_dir": str(tmp_path / "processor"), "commit_interval": 0.5,
+                      "session_timeout": 8, "heartbeat_interval": 1},
     }, env={})
 
     conf = create_app(settings).conf
@@ -31,3 +33,4 @@ def test_faust_environment_variables_do_not_override_the_configuration(
     assert Path(conf.datadir) == tmp_path / "processor"
     assert conf.broker_commit_interval == 0.5
     assert conf.topic_partitions == 6
+    assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (8, 1)

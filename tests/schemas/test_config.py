@@ -44,6 +44,7 @@ def test_env_expansion_with_and_without_default() -> None:
                                  "event_types": ["object_renamed"]}]}, "rules.0.event_types.0"),
     ({"sinks": SINKS, "rules": [{"name": "r", "sinks": ["hook"]},
                                 {"name": "r", "sinks": ["hook"]}]}, "duplicate rule name"),
+    ({"processor": {"session_timeout": 3}}, "heartbeat_interval (3.0) must be below"),
 ])
 def test_errors_name_the_key(raw: dict[str, object], key: str) -> None:
     """Each bad value is reported with its dotted key."""
