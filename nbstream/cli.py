@@ -7,14 +7,17 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nbstream import __version__
+from nbstream import __version__, gil
 from nbstream.loader import config_path, load
 from nbstream.logs import setup_logging
 from schemas.config import ConfigError, Settings
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from producers.ingest import IngestApp
+
+__all__ = ["ingest_app", "main"]
 
 log = logging.getLogger("nbstream")
 
@@ -98,11 +101,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     os.environ["NBSTREAM_CONFIG"] = str(args.config_path.resolve())
-    uvicorn.run("producers.ingest:app_factory", factory=True, host=settings.ingest.host,
+    uvicorn.run("nbstream.cli:ingest_app", factory=True, host=settings.ingest.host,
                 port=args.port or settings.ingest.port,
                 workers=args.workers or settings.ingest.workers,
                 log_level=args.log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
     return 0
+
+
+def ingest_app() -> IngestApp:
+    """Return the ingest app for uvicorn: its worker processes start here, not in ``main``."""
+    from producers.ingest import app_factory
+
+    gil.tune()
+    return app_factory()
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -348,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    gil.tune()
     setup_logging(args.log_level, args.log_format, process=args.command)
     args.config_path = config_path(args.config)
     try:

@@ -161,3 +161,33 @@ def test_replay_signs_with_the_configured_secret(tmp_path: Path,
     assert all(signature_ok(d.body, "other-secret", d.headers["X-Hook-Signature"]) for d in got)
     assert got[0].headers["X-Hook-Signature"] == sign(bodies[0], "other-secret")
     assert "posted 31 payloads" in capsys.readouterr().out
+
+
+@pytest.fixture
+def switch_interval() -> Any:
+    """Restore the interpreter's switch interval after a test that lets nbstream set it."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    yield
+    sys.setswitchinterval(saved)
+
+
+def test_commands_run_with_the_short_gil_switch_interval(
+    tmp_path: Path, switch_interval: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command (here `rules check`) sets the 1 ms switch interval (nbstream.gil)."""
+    assert main(["--config", str(write(tmp_path, CONFIG)), "rules", "check"]) == 0
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+
+
+def test_ingest_workers_run_with_the_short_gil_switch_interval(
+    tmp_path: Path, switch_interval: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn's worker processes start in ``ingest_app``, not in ``main``: it sets the interval
+    too and returns the ingest app for the configured file."""
+    monkeypatch.setenv("NBSTREAM_CONFIG", str(write(tmp_path, CONFIG)))
+    from nbstream.cli import ingest_app
+    from producers.ingest import IngestApp
+
+    assert isinstance(ingest_app(), IngestApp)
+    assert sys.getswitchinterval() == pytest.approx(0.001)
