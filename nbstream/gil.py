@@ -5,9 +5,8 @@ delivery reports (ingest, the processor's publisher), the sink worker's consumer
 thread of its own, and Faust's aiokafka consumer thread. Each callback and each step of those
 threads needs the GIL, and under load the loop holds it: CPython makes the holder let go only
 after the switch interval, 5 ms by default, so those threads got the GIL once per 5 ms, one
-callback at a time.
-Under load the processor's acknowledgements lagged by up to a second and its agent stalled on
-them; at 1 ms it routed ~5 % more events per second (docs/performance.md).
+callback at a time. The processor's acknowledgements then lagged by up to a second and its
+agent stalled on them; at 1 ms it routed ~5 % more events per second (docs/performance.md).
 """
 
 from __future__ import annotations

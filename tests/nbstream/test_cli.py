@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import yaml
 from confluent_kafka import Producer
 
 from nbstream.admin import ensure_topics
-from nbstream.cli import main
+from nbstream.cli import ingest_app, main
 from nbstream.kafka_local import LocalBroker
+from producers.ingest import IngestApp
 from producers.signature import sign
 from schemas.config import parse_settings
 from schemas.serde import make_serde
@@ -164,7 +166,7 @@ def test_replay_signs_with_the_configured_secret(tmp_path: Path,
 
 
 @pytest.fixture
-def switch_interval() -> Any:
+def switch_interval() -> Iterator[None]:
     """Restore the interpreter's switch interval after a test that lets nbstream set it."""
     saved = sys.getswitchinterval()
     sys.setswitchinterval(0.005)
@@ -186,8 +188,5 @@ def test_ingest_workers_run_with_the_short_gil_switch_interval(
     """uvicorn's worker processes start in ``ingest_app``, not in ``main``: it sets the interval
     too and returns the ingest app for the configured file."""
     monkeypatch.setenv("NBSTREAM_CONFIG", str(write(tmp_path, CONFIG)))
-    from nbstream.cli import ingest_app
-    from producers.ingest import IngestApp
-
     assert isinstance(ingest_app(), IngestApp)
     assert sys.getswitchinterval() == pytest.approx(0.001)
