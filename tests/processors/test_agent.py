@@ -8,6 +8,7 @@ from typing import Any
 
 import faust
 
+from processors.agents import _await_backlog
 from processors.channels import Channels
 from processors.publisher import Output
 from processors.worker import build_processor
@@ -126,3 +127,26 @@ async def test_agent_sends_poison_records_to_invalid_and_continues() -> None:
     assert "nbstream-error" in dict(invalid[0].headers)
     assert [m.key for m in routed] == [ev.object_key.encode()]
     assert proc.metrics.invalid._value.get() == 1
+
+
+async def test_busy_agent_waits_for_a_full_batch_or_its_deadline() -> None:
+    """After a busy batch the agent waits for the fetcher to queue a full one: it goes on as soon
+    as the queue holds that many records, and at the deadline when the input runs dry."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def fetcher() -> None:
+        for i in range(500):
+            queue.put_nowait(i)
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+
+    feeding = asyncio.ensure_future(fetcher())
+    # A deadline far beyond the test's timeout: only a full queue can end the wait in time.
+    await asyncio.wait_for(_await_backlog(queue, 500, timeout=3600), timeout=30)
+    assert queue.qsize() == 500
+    await feeding
+
+    queue = asyncio.Queue()
+    queue.put_nowait(1)
+    await asyncio.wait_for(_await_backlog(queue, 500, timeout=0.01), timeout=30)
+    assert queue.qsize() == 1
