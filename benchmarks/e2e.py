@@ -59,18 +59,17 @@ class RecordTimes:
         self._consumer = Consumer({"bootstrap.servers": servers, "group.id": "nbstream-bench",
                                    "enable.auto.commit": False})
         self._serde = make_serde(None)
-        self._kinds = {topics.raw: "NetBoxEvent", topics.sink(SINK): "SinkRecord"}
+        self._raw, self._sink = topics.raw, topics.sink(SINK)
         self._start: dict[str, dict[int, int]] = {}
 
     def mark(self) -> None:
         """Note each topic's end, so ``read`` returns only the records that follow."""
-        self._start = {topic: self._ends(topic) for topic in self._kinds}
+        self._start = {topic: self._ends(topic) for topic in (self._raw, self._sink)}
 
     def read(self) -> tuple[dict[str, int], dict[str, int]]:
         """Return source id -> record timestamp (unix ns) of the raw and of the sink records
         since ``mark``."""
-        raw, sink = (self._read(topic, kind) for topic, kind in self._kinds.items())
-        return raw, sink
+        return self._read(self._raw, "NetBoxEvent"), self._read(self._sink, "SinkRecord")
 
     def close(self) -> None:
         """Leave the broker."""

@@ -122,6 +122,13 @@ def _in_sequence(consumer: Any, callback: Any) -> Any:
     return on_message
 
 
+# Seconds before a failed seek back is tried again (doubling up to _SEEK_RETRY_MAX).
+SEEK_RETRY_DELAY = 0.5
+_SEEK_RETRY_MAX = 10.0
+# Seek tasks under way, kept until done so none is collected.
+_seeks_under_way: set[asyncio.Future[None]] = set()
+
+
 async def _seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -> None:
     """Seek the partitions whose dropped records must come again, on the consumer's own thread.
 
@@ -151,13 +158,6 @@ async def _seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -
             log.warning("seek of %s back failed: %s; trying again in %.1f s",
                         sorted(map(str, owed)), err, delay)
         retry = True
-
-
-# Seconds before a failed seek back is tried again (doubling up to _SEEK_RETRY_MAX).
-SEEK_RETRY_DELAY = 0.5
-_SEEK_RETRY_MAX = 10.0
-# Seek tasks under way, kept until done so none is collected.
-_seeks_under_way: set[asyncio.Future[None]] = set()
 
 
 def _start_seek_back(consumer: Any, owed: dict[Any, int], retry: bool = False) -> None:
